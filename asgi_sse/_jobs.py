@@ -1,0 +1,216 @@
+"""Sources of events: a blocking job, a sync iterable or an async iterable.
+
+Each is run into a :class:`Channel` and ended with exactly one terminal event.
+Blocking code runs through ``anyio.to_thread`` under asgi-sse's own capacity
+limiter, so streams never starve (or are starved by) everything else in the
+process that shares anyio's default 40 threads. Events are encoded in the worker
+thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
+from typing import Any, Generic, TypeVar, Union
+
+from anyio import CapacityLimiter, to_thread
+from anyio.lowlevel import RunVar
+
+from ._bridge import Channel
+from ._encoder import Encoder
+from ._events import ServerSentEvent
+from ._exceptions import JobCancelled
+
+__all__ = ["DEFAULT_THREADS", "Job", "Reporter", "Source", "default_limiter", "run_source"]
+
+logger = logging.getLogger("asgi_sse")
+T = TypeVar("T")
+
+#: Tokens of the limiter used when a stream is given none.
+DEFAULT_THREADS = 40
+
+_default_limiter: RunVar[CapacityLimiter] = RunVar("asgi_sse.default_limiter")
+
+
+def default_limiter() -> CapacityLimiter:
+    """The limiter shared by streams given none, one per event loop.
+
+    Resize it at start-up with ``default_limiter().total_tokens = n``.
+    """
+    try:
+        return _default_limiter.get()
+    except LookupError:
+        limiter = CapacityLimiter(DEFAULT_THREADS)
+        _default_limiter.set(limiter)
+        return limiter
+
+
+class Job(Generic[T]):
+    """A blocking call to stream: ``func(*args, on_progress=..., **kwargs)``.
+
+    The arguments are checked against ``func``'s signature here, so a bad call
+    fails in the handler (a normal HTTP error) rather than as an empty stream.
+    """
+
+    __slots__ = ("args", "func", "kwargs")
+
+    def __init__(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> None:
+        if "on_progress" in kwargs:
+            raise TypeError("on_progress is passed by asgi-sse; do not pass it to Job")
+        try:
+            signature = inspect.signature(func)
+        except (TypeError, ValueError):  # some builtins have none: nothing to check
+            signature = None
+        if signature is not None:
+            signature.bind(*args, on_progress=None, **kwargs)
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+
+    def __repr__(self) -> str:
+        return f"Job({getattr(self.func, '__qualname__', self.func)!r})"
+
+
+#: What an :class:`~asgi_sse.EventStream` can stream.
+Source = Union[Job[Any], AsyncIterable[Any], Iterable[Any]]
+
+
+class Reporter:
+    """The ``on_progress(step, details)`` callback a job receives.
+
+    Safe to call from any thread; events are numbered in the order they reach
+    the wire. A job that reports rarely can check :attr:`cancelled` between
+    reports.
+    """
+
+    __slots__ = ("_channel", "_json", "_template")
+
+    def __init__(self, channel: Channel, encoder: Encoder) -> None:
+        self._channel = channel
+        self._json = encoder.json
+        self._template = encoder.numbered("progress")
+
+    @property
+    def cancelled(self) -> bool:
+        """True once nobody is listening; the job should stop."""
+        return self._channel.cancelled
+
+    @property
+    def last_id(self) -> int:
+        return self._channel.numbered
+
+    def __call__(self, step: str, details: Mapping[str, Any] | None = None) -> None:
+        # Encoded here, in the worker thread, off the event loop. A cancelled
+        # stream raises JobCancelled from put_numbered.
+        payload = self._json({"step": step, "details": {} if details is None else details})
+        self._channel.put_numbered(self._template, payload)
+
+
+def _encode_item(encoder: Encoder, item: Any) -> bytes:
+    if isinstance(item, ServerSentEvent):
+        return encoder.encode(item)
+    if isinstance(item, str):
+        return encoder.text(item) + b"\n"
+    return b"data: %b\n\n" % encoder.json(item)
+
+
+def _run_job(job: Job[Any], reporter: Reporter, channel: Channel) -> Any:
+    if channel.cancelled:  # the client left while the job waited for a thread
+        raise JobCancelled("the client is gone")
+    return job.func(*job.args, on_progress=reporter, **job.kwargs)
+
+
+def _drain(iterable: Iterable[Any], channel: Channel, encoder: Encoder) -> Any:
+    """Consume a sync iterable in a worker thread; return a generator's return value."""
+    iterator = iter(iterable)
+    try:
+        while not channel.cancelled:
+            try:
+                item = next(iterator)
+            except StopIteration as stop:
+                return stop.value
+            channel.put(_encode_item(encoder, item))
+        raise JobCancelled("the client is gone")
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()  # run the generator's finally blocks here, not at GC
+
+
+def default_error_data(exc: Exception) -> Any:
+    """Name the error, and nothing else: messages can hold secrets."""
+    return {"type": type(exc).__name__}
+
+
+async def run_source(
+    source: Source,
+    channel: Channel,
+    *,
+    encoder: Encoder,
+    limiter: CapacityLimiter | None,
+    on_error: Callable[[Exception], Any] | None,
+) -> None:
+    """Run ``source`` into ``channel`` and close it with one terminal event.
+
+    When the channel is cancelled (nobody listens) it ends without one.
+    """
+    limiter = limiter or default_limiter()
+    reporter = None
+    try:
+        if isinstance(source, Job):
+            reporter = Reporter(channel, encoder)
+            result = await to_thread.run_sync(_run_job, source, reporter, channel, limiter=limiter)
+        elif isinstance(source, AsyncIterable):
+            result = None
+            async with _aclosing(source) as items:
+                async for item in items:
+                    await channel.aput(_encode_item(encoder, item))
+        else:
+            result = await to_thread.run_sync(_drain, source, channel, encoder, limiter=limiter)
+    except Exception as exc:
+        if channel.cancelled:
+            if not isinstance(exc, JobCancelled):
+                logger.error("event stream job failed after its client left", exc_info=exc)
+            return
+        logger.error("event stream job failed", exc_info=exc)
+        channel.close(_error_event(encoder, reporter, on_error, exc))
+        return
+    try:
+        last = encoder.message("completed", _next_id(reporter), result)
+    except Exception as exc:  # the result cannot be encoded, not even as str()
+        logger.error("event stream result could not be encoded", exc_info=exc)
+        last = _error_event(encoder, reporter, on_error, exc)
+    channel.close(last)
+
+
+def _next_id(reporter: Reporter | None) -> int | None:
+    """Progress events are numbered; iterables number their own events, if at all."""
+    return None if reporter is None else reporter.last_id + 1
+
+
+def _error_event(
+    encoder: Encoder,
+    reporter: Reporter | None,
+    on_error: Callable[[Exception], Any] | None,
+    exc: Exception,
+) -> bytes:
+    data = default_error_data(exc)
+    if on_error is not None:
+        try:
+            data = on_error(exc)
+        except Exception:
+            logger.exception("on_error hook failed; sending the default error data")
+    try:
+        return encoder.message("error", _next_id(reporter), data)
+    except Exception:
+        logger.exception("on_error data could not be encoded; sending the default")
+        return encoder.message("error", _next_id(reporter), default_error_data(exc))
+
+
+def _aclosing(source: AsyncIterable[Any]) -> AbstractAsyncContextManager[AsyncIterable[Any]]:
+    """Close async generators as soon as the stream ends, not when collected."""
+    if hasattr(source, "aclose"):
+        return aclosing(source)  # type: ignore[type-var]
+    return nullcontext(source)

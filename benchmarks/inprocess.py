@@ -1,0 +1,74 @@
+"""The bridge alone: events/s with no server and a ``send`` that returns at once.
+
+    python benchmarks/inprocess.py              # asgi-sse, by buffer size
+    python benchmarks/inprocess.py --round-trip # one from_thread.run_sync per event
+
+The second line is why the bridge batches and never waits for the loop: it is
+the ceiling of a design that crosses into the loop once per event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from apps import job
+
+from asgi_sse import EventStream, Job
+
+
+async def stream(n: int, max_buffer_bytes: int) -> None:
+    sends = 0
+
+    async def receive() -> Any:
+        await anyio.sleep_forever()
+
+    async def send(message: Any) -> None:
+        nonlocal sends
+        sends += 1
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    response = EventStream(Job(job, n), max_buffer_bytes=max_buffer_bytes)
+    await response({"type": "http"}, receive, send)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(
+        f"max_buffer_bytes {max_buffer_bytes:>9,}: {n / wall:>10,.0f} events/s,"
+        f" {cpu / n * 1e6:.2f} us CPU/event, {sends:,} sends"
+    )
+
+
+async def round_trip(n: int) -> None:
+    send, receive = anyio.create_memory_object_stream[int](n)
+
+    def worker() -> float:
+        start = time.perf_counter()
+        for i in range(n):
+            anyio.from_thread.run_sync(send.send_nowait, i)
+        return time.perf_counter() - start
+
+    seconds = await anyio.to_thread.run_sync(worker)
+    send.close()
+    receive.close()
+    print(
+        f"from_thread.run_sync per event: {seconds / n * 1e6:.1f} us, {n / seconds:,.0f} events/s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--round-trip", action="store_true")
+    args = parser.parse_args()
+    if args.round_trip:
+        anyio.run(round_trip, min(args.events, 20_000))
+        return
+    for size in (64 * 1024, 256 * 1024, 1024 * 1024):
+        anyio.run(stream, args.events, size)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Shared test helpers: a real hypercorn on 127.0.0.1, and an in-process ASGI driver."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import anyio
+import pytest
+from hypercorn.asyncio import serve as serve_asyncio
+from hypercorn.config import Config
+from hypercorn.trio import serve as serve_trio
+from sse_spec import parse_stream
+
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+BOUND = 10.0  # seconds: how long a test waits for something that should happen at once
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@dataclass
+class Served:
+    """What a test app records, so tests can wait on it rather than sleep."""
+
+    url: str
+    done: threading.Event = field(default_factory=threading.Event)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def stop(self) -> None:
+        """Shut the server down now, as SIGTERM would, with graceful_timeout."""
+        self.stopping.set()
+
+
+def http_only(handler: ASGIApp, done: threading.Event | None = None) -> ASGIApp:
+    """Wrap a response so hypercorn can serve it: answer lifespan, record the end."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        try:
+            await handler(scope, receive, send)
+        finally:
+            if done is not None:
+                done.set()
+
+    return app
+
+
+@contextmanager
+def serve(handler: ASGIApp, *, backend: str = "asyncio", wrap: bool = True) -> Iterator[Served]:
+    """Serve ``handler`` with hypercorn on 127.0.0.1 in a thread, for one test."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    served = Served(url=f"http://127.0.0.1:{sock.getsockname()[1]}/")
+    fd = sock.detach()  # hypercorn owns the socket from here, and closes it
+    app = http_only(handler, served.done) if wrap else handler
+    config = Config()
+    config.bind = [f"fd://{fd}"]
+    config.accesslog = None
+    config.graceful_timeout = 0.5
+    stop = served.stopping
+    failure: list[BaseException] = []
+
+    async def shutdown_trigger() -> None:
+        await anyio.to_thread.run_sync(stop.wait)
+
+    def run() -> None:
+        hypercorn_serve = serve_trio if backend == "trio" else serve_asyncio
+        try:
+            anyio.run(
+                partial(hypercorn_serve, app, config, shutdown_trigger=shutdown_trigger),
+                backend=backend,
+            )
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=f"hypercorn-{backend}", daemon=True)
+    thread.start()
+    try:
+        yield served
+    finally:
+        stop.set()
+        thread.join(BOUND)
+        assert not thread.is_alive(), "hypercorn did not shut down"
+        assert not failure, failure
+
+
+@dataclass
+class Call:
+    """The messages an ASGI app sent, for in-process tests."""
+
+    messages: list[Message] = field(default_factory=list)
+
+    @property
+    def start(self) -> Message:
+        assert self.messages[0]["type"] == "http.response.start"
+        return self.messages[0]
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.messages[1:])
+
+    @property
+    def finished(self) -> bool:
+        last = self.messages[-1]
+        return last["type"] == "http.response.body" and not last.get("more_body", False)
+
+
+@asynccontextmanager
+async def calling(
+    app: ASGIApp, *, on_send: Callable[[Message], Awaitable[None]] | None = None
+) -> AsyncIterator[tuple[Call, anyio.Event]]:
+    """Run ``app`` in a task; set the yielded event to make the client leave."""
+    call = Call()
+    leave = anyio.Event()
+    request_sent = False
+
+    async def receive() -> Message:
+        nonlocal request_sent
+        if not request_sent:
+            request_sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        call.messages.append(message)
+        if on_send is not None:
+            await on_send(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "http_version": "1.1"}
+    with anyio.fail_after(BOUND):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(app, scope, receive, send)
+            yield call, leave
+
+
+async def call_app(app: ASGIApp) -> Call:
+    async with calling(app) as (call, _):
+        pass
+    return call
+
+
+def parse(body: bytes) -> list[dict[str, str]]:
+    """Split a body into the events a browser would dispatch (see sse_spec.py)."""
+    return parse_stream(body)

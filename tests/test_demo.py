@@ -1,0 +1,63 @@
+"""The demo `make demo` serves, started the way make starts it: hypercorn's own CLI."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import BOUND
+from httpx_sse import connect_sse
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="module")
+def demo_url() -> Iterator[str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hypercorn", "examples.demo:app", "--bind", f"fd://{sock.fileno()}"],
+        cwd=ROOT,
+        pass_fds=[sock.fileno()],
+    )
+    sock.close()  # the server has its own copy; connections wait in the backlog meanwhile
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        assert server.wait(BOUND) == 0
+
+
+def test_the_page_listens_with_eventsource(demo_url: str) -> None:
+    page = httpx.get(demo_url + "/", timeout=BOUND)
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert "new EventSource(" in page.text
+    assert 'addEventListener("completed"' in page.text
+
+
+def test_the_job_streams_its_steps_and_result(demo_url: str) -> None:
+    with (
+        httpx.Client(timeout=BOUND) as client,
+        connect_sse(client, "GET", demo_url + "/progress?steps=4&delay=0") as source,
+    ):
+        events = [(e.event, e.json()) for e in source.iter_sse()]
+    assert [e[1]["details"]["percent"] for e in events[:-1]] == [25, 50, 75, 100]
+    assert events[-1] == (
+        "completed",
+        {"steps": 4, "summary": "analysed in 4 steps", "verdict": "très bien"},
+    )
+
+
+@pytest.mark.parametrize("query", ["steps=x", "steps=0", "delay=-1", "steps=100000"])
+def test_bad_input_is_a_400_before_any_stream(demo_url: str, query: str) -> None:
+    response = httpx.get(f"{demo_url}/progress?{query}", timeout=BOUND)
+    assert response.status_code == 400
+    assert "error" in response.json()

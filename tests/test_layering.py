@@ -1,0 +1,58 @@
+"""The architecture, held by a test: sans-IO at the bottom, ASGI only at the top."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+import asgi_sse
+
+PACKAGE = Path(asgi_sse.__file__).parent
+STDLIB = sys.stdlib_module_names
+
+
+def imports(module: str) -> set[str]:
+    """Top-level names a module imports; ``.x`` for the package's own modules."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            found.add("." + (node.module or "") if node.level else node.module.split(".")[0])  # type: ignore[union-attr]
+    return found - {"__future__"}
+
+
+@pytest.mark.parametrize("module", ["_events", "_encoder", "_exceptions"])
+def test_sans_io_modules_use_the_standard_library_and_msgspec_only(module: str) -> None:
+    outside = {name for name in imports(module) if not name.startswith(".")} - STDLIB
+    assert outside <= {"msgspec", "unidecode"}, outside  # unidecode: optional, on request
+    assert "._bridge" not in imports(module)
+
+
+@pytest.mark.parametrize("module", ["_bridge", "_jobs"])
+def test_the_bridge_and_jobs_know_nothing_of_asgi(module: str) -> None:
+    source = (PACKAGE / f"{module}.py").read_text()
+    assert "._response" not in imports(module)
+    assert "http.response" not in source
+    assert "scope[" not in source
+
+
+def test_only_the_response_speaks_asgi_messages() -> None:
+    speakers = {p.stem for p in PACKAGE.glob("*.py") if '"http.response' in p.read_text()}
+    assert speakers == {"_response"}
+
+
+def test_the_public_face_is_re_exports_only() -> None:
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    kinds = {type(node).__name__ for node in tree.body}
+    assert kinds <= {"Expr", "ImportFrom", "Assign"}
+    assert all(hasattr(asgi_sse, name) for name in asgi_sse.__all__)
+
+
+def test_no_module_grows_past_300_lines_without_saying_why() -> None:
+    long = [p.name for p in PACKAGE.glob("*.py") if len(p.read_text().splitlines()) > 300]
+    assert long == []

@@ -1,0 +1,250 @@
+"""Over a real socket: hypercorn on 127.0.0.1, httpx and httpx-sse as the client."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from conftest import BOUND, parse, serve
+from httpx_sse import connect_sse
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from asgi_sse import EventStream, Job, JobCancelled, Reporter, stream_progress
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_each_event_reaches_the_client_before_the_job_makes_the_next(backend: str) -> None:
+    gates = [threading.Event() for _ in range(5)]
+
+    def job(on_progress: Reporter) -> dict[str, str]:
+        for i, gate in enumerate(gates):
+            on_progress("step", {"i": i, "name": "café"})
+            if not gate.wait(BOUND):  # the client sets it on receipt of event i
+                raise TimeoutError(f"event {i} did not reach the client on its own")
+        return {"status": "done"}
+
+    with (
+        serve(stream_progress(job), backend=backend) as server,
+        httpx.Client(timeout=BOUND) as client,
+        connect_sse(client, "GET", server.url) as source,
+    ):
+        events = []
+        for sse in source.iter_sse():
+            events.append(sse)
+            if sse.event == "progress":
+                gates[sse.json()["details"]["i"]].set()
+    assert [(e.event, e.id) for e in events] == [
+        *[("progress", str(i)) for i in range(1, 6)],
+        ("completed", "6"),
+    ]
+    assert events[0].json() == {"step": "step", "details": {"i": 0, "name": "café"}}
+    assert events[-1].json() == {"status": "done"}
+
+
+def test_headers_arrive_before_the_first_event() -> None:
+    headers_seen = threading.Event()
+
+    def job(on_progress: Reporter) -> None:
+        if not headers_seen.wait(BOUND):
+            raise TimeoutError("headers were held back until the first event")
+        on_progress("first", {})
+
+    with (
+        serve(stream_progress(job)) as server,
+        httpx.Client(timeout=BOUND) as client,
+        client.stream("GET", server.url) as response,
+    ):
+        headers_seen.set()
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.headers["x-accel-buffering"] == "no"
+        assert "connection" not in response.headers
+        assert b"event: completed" in response.read()
+
+
+@pytest.mark.parametrize("style", ["reports", "polls"])
+def test_a_client_that_leaves_stops_the_job_and_frees_its_thread(style: str) -> None:
+    limiter = anyio.CapacityLimiter(3)
+    stopped = threading.Event()
+    outcome: list[str] = []
+    deadline = threading.Event()  # never set: the job's own upper bound on how long it runs
+
+    def job(on_progress: Reporter) -> None:
+        try:
+            on_progress("started", {})
+            while not deadline.wait(0.002):
+                if style == "reports":
+                    on_progress("tick", {})
+                elif on_progress.cancelled:
+                    outcome.append("noticed")
+                    return
+        except JobCancelled:
+            outcome.append("cancelled")
+        finally:
+            stopped.set()
+
+    with serve(EventStream(Job(job), limiter=limiter)) as server:
+        with (
+            httpx.Client(timeout=BOUND) as client,
+            connect_sse(client, "GET", server.url) as source,
+        ):
+            first = next(source.iter_sse())
+            assert first.event == "progress"
+        # Leaving the block closed the connection mid-job.
+        assert stopped.wait(BOUND), "the job kept running for a client that is gone"
+        assert server.done.wait(BOUND), "the response did not return"
+        assert outcome == ["cancelled" if style == "reports" else "noticed"]
+        assert limiter.borrowed_tokens == 0
+
+
+def test_a_failing_job_ends_the_stream_with_an_error_event() -> None:
+    def job(on_progress: Reporter) -> None:
+        on_progress("start", {})
+        raise PermissionError("/etc/shadow")
+
+    with (
+        serve(stream_progress(job)) as server,
+        httpx.Client(timeout=BOUND) as client,
+        connect_sse(client, "GET", server.url) as source,
+    ):
+        events = list(source.iter_sse())
+    assert [(e.event, e.data) for e in events] == [
+        ("progress", '{"step":"start","details":{}}'),
+        ("error", '{"type":"PermissionError"}'),
+    ]
+
+
+def test_heartbeats_keep_a_silent_stream_talking() -> None:
+    beats_seen = threading.Event()
+
+    def job(on_progress: Reporter) -> str:
+        if not beats_seen.wait(BOUND):
+            raise TimeoutError("no heartbeat reached the client")
+        return "done"
+
+    with (
+        serve(EventStream(Job(job), heartbeat=0.02)) as server,
+        httpx.Client(timeout=BOUND) as client,
+        client.stream("GET", server.url) as response,
+    ):
+        lines = []
+        for line in response.iter_lines():
+            lines.append(line)
+            if lines.count(": ping") == 2:
+                beats_seen.set()
+    assert lines.count(": ping") >= 2
+    # The comments dispatch nothing; the result still arrives.
+    assert parse("\n".join([*lines, ""]).encode()) == [
+        {"event": "completed", "data": '"done"', "id": "1"}
+    ]
+
+
+def test_a_client_that_stops_reading_is_timed_out_and_its_job_cancelled() -> None:
+    limiter = anyio.CapacityLimiter(1)
+    outcome: list[str] = []
+    stopped = threading.Event()
+    chunk = "x" * 65_536
+
+    def job(on_progress: Reporter) -> None:
+        try:
+            for i in range(5_000):  # 320 MB at most: far more than the socket buffers
+                on_progress("bulk", {"i": i, "pad": chunk})
+            outcome.append("finished")
+        except JobCancelled:
+            outcome.append("cancelled")
+        finally:
+            stopped.set()
+
+    stream = EventStream(Job(job), limiter=limiter, send_timeout=0.2, max_buffer_bytes=65_536)
+    with serve(stream) as server, socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1].strip("/"))))
+        client.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert client.recv(1024).startswith(b"HTTP/1.1 200")
+        # ...and never read again.
+        assert stopped.wait(BOUND), "the send never timed out"
+        assert server.done.wait(BOUND)
+        assert outcome == ["cancelled"]
+        assert limiter.borrowed_tokens == 0
+
+
+def test_a_server_that_shuts_down_cancels_the_job_and_exits() -> None:
+    limiter = anyio.CapacityLimiter(2)
+    outcome: list[str] = []
+    stopped = threading.Event()
+    never = threading.Event()
+
+    def job(on_progress: Reporter) -> None:
+        try:
+            while not never.wait(0.005):
+                on_progress("tick", {})
+        except JobCancelled:
+            outcome.append("cancelled")
+        finally:
+            stopped.set()
+
+    with serve(EventStream(Job(job), limiter=limiter)) as server:
+        with (
+            httpx.Client(timeout=BOUND) as client,
+            connect_sse(client, "GET", server.url) as source,
+        ):
+            events = source.iter_sse()
+            assert next(events).event == "progress"
+            server.stop()  # hypercorn shuts down with the stream open
+            assert stopped.wait(BOUND), "the job outlived the server"
+            # The server cuts the stream: no completed event claims the job succeeded.
+            with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+                assert all(e.event == "progress" for e in events)
+        assert server.done.wait(BOUND)
+    assert outcome == ["cancelled"]
+    assert limiter.borrowed_tokens == 0
+
+
+def test_http2_streams_events_without_connection_specific_headers() -> None:
+    def job(on_progress: Reporter) -> int:
+        for i in range(3):
+            on_progress("step", {"i": i})
+        return 3
+
+    with (
+        serve(stream_progress(job)) as server,
+        httpx.Client(http1=False, http2=True, timeout=BOUND) as client,
+        connect_sse(client, "GET", server.url) as source,
+    ):
+        assert source.response.http_version == "HTTP/2"
+        assert "connection" not in source.response.headers
+        events = [(e.event, e.id) for e in source.iter_sse()]
+    assert events == [("progress", "1"), ("progress", "2"), ("progress", "3"), ("completed", "4")]
+
+
+def test_a_starlette_handler_returns_the_stream_as_is() -> None:
+    def analyse(text: str, on_progress: Reporter) -> dict[str, Any]:
+        on_progress("read", {"chars": len(text)})
+        return {"upper": text.upper()}
+
+    async def endpoint(request: Request) -> Any:
+        return stream_progress(analyse, text=request.query_params["text"])
+
+    async def broken(request: Request) -> Any:
+        return stream_progress(analyse, wrong="argument")
+
+    app = Starlette(routes=[Route("/", endpoint), Route("/broken", broken)])
+    with serve(app, wrap=False) as server, httpx.Client(timeout=BOUND) as client:
+        with connect_sse(client, "GET", server.url + "?text=héllo") as source:
+            events = [(e.event, json.loads(e.data)) for e in source.iter_sse()]
+        # Bad arguments fail in the handler: a real HTTP error, not a 200 with no events.
+        broken_response = client.get(server.url + "broken")
+    assert events == [
+        ("progress", {"step": "read", "details": {"chars": 5}}),
+        ("completed", {"upper": "HÉLLO"}),
+    ]
+    assert broken_response.status_code == 500
+    assert "text/event-stream" not in broken_response.headers.get("content-type", "")
