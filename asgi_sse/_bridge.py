@@ -67,6 +67,7 @@ class Channel:
         self.numbered = 0  # how many chunks put_numbered has added
         self._space: anyio.Event | None = None
         self._call_soon = _call_soon(current_token())
+        self._loop_thread = threading.get_ident()
         # One batch at most is ever in flight, so a buffer of one never blocks.
         self._send, self._receive = create_memory_object_stream[list[bytes]](1)
 
@@ -102,6 +103,8 @@ class Channel:
             self._call_soon(self._deliver)
 
     def _wait_for_room(self) -> None:
+        if threading.get_ident() == self._loop_thread:
+            return  # only the loop empties the batch: waiting here would freeze it for good
         while self._size >= self._max and not self._cancelled:
             self._not_full.wait()
 
@@ -144,7 +147,7 @@ class Channel:
         if self._cancelled:
             raise JobCancelled("the event stream is closed")
         if self._closed:
-            raise RuntimeError("cannot add events to a closed event stream")
+            raise JobCancelled("the event stream has ended: the job returned before this report")
         self._batch.append(chunk)
         self._size += len(chunk)
         if not self._waiting:
@@ -197,6 +200,11 @@ class Channel:
             except (EndOfStream, ClosedResourceError):
                 self._receive.close()
                 raise EndOfStream from None
+            except BaseException:
+                # Interrupted while a delivery may be in flight: a later receive could
+                # take newer chunks before it, so the channel ends here.
+                self.cancel()
+                raise
         self._wake_async_producer()
         return batch
 

@@ -72,8 +72,9 @@ class Encoder:
     back to ``str(value)``, so a ``Decimal`` or a custom object in a progress
     payload never kills a stream. Output is raw UTF-8 (``café`` stays ``café``);
     NaN and infinities become ``null``, the only JSON for them; lone surrogates
-    become U+FFFD. ``transliterate=True`` turns every string, keys included, into
-    ASCII with unidecode, for consumers that cannot take anything else.
+    become U+FFFD. ``transliterate=True`` turns every string of the data, keys
+    included, into ASCII with unidecode, for consumers that cannot take anything
+    else; event names, ids and comments are left alone, since clients match on them.
     """
 
     __slots__ = ("_enc_hook", "_json", "_transliterate")
@@ -91,9 +92,12 @@ class Encoder:
     def _fallback(self, value: Any) -> Any:
         if self._enc_hook is not None:
             try:
-                return self._enc_hook(value)
+                encoded = self._enc_hook(value)
             except (NotImplementedError, TypeError):
-                pass
+                pass  # the hook does not know it either
+            else:
+                if type(encoded) is not type(value):  # same type back: it did not know
+                    return encoded
         try:
             text = str(value)
         except Exception as exc:

@@ -17,8 +17,8 @@ def _check_line(name: str, value: str, forbidden: str) -> None:
     for char in forbidden:
         if char in value:
             raise ValueError(
-                f"Server-sent event {name} must not contain {char!r}, got {value!r}:"
-                " it would start a new field on the wire"
+                f"The {name} field of a server-sent event must not contain {char!r},"
+                f" got {value!r}: it would start a new field on the wire"
             )
 
 

@@ -57,14 +57,28 @@ class Job(Generic[T]):
     __slots__ = ("args", "func", "kwargs")
 
     def __init__(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> None:
+        name = getattr(func, "__qualname__", repr(func))
+        if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__):
+            raise TypeError(
+                f"{name} is async: Job runs blocking functions in a worker thread."
+                " Stream async code as an async iterable of events instead."
+            )
         if "on_progress" in kwargs:
-            raise TypeError("on_progress is passed by asgi-sse; do not pass it to Job")
+            raise TypeError(f"on_progress is passed to {name} by asgi-sse; do not pass it")
         try:
             signature = inspect.signature(func)
         except (TypeError, ValueError):  # some builtins have none: nothing to check
             signature = None
         if signature is not None:
-            signature.bind(*args, on_progress=None, **kwargs)
+            accepts = "on_progress" in signature.parameters or any(
+                p.kind is p.VAR_KEYWORD for p in signature.parameters.values()
+            )
+            if not accepts:
+                raise TypeError(f"{name} must accept an on_progress keyword argument")
+            try:
+                signature.bind(*args, on_progress=None, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"cannot call {name} with these arguments: {exc}") from None
         self.func = func
         self.args = args
         self.kwargs = kwargs
@@ -104,7 +118,9 @@ class Reporter:
     def __call__(self, step: str, details: Mapping[str, Any] | None = None) -> None:
         # Encoded here, in the worker thread, off the event loop. A cancelled
         # stream raises JobCancelled from put_numbered.
-        payload = self._json({"step": step, "details": {} if details is None else details})
+        if not isinstance(details, dict):
+            details = {} if details is None else dict(details)
+        payload = self._json({"step": step, "details": details})
         self._channel.put_numbered(self._template, payload)
 
 
@@ -139,7 +155,7 @@ def _drain(iterable: Iterable[Any], channel: Channel, encoder: Encoder) -> Any:
             close()  # run the generator's finally blocks here, not at GC
 
 
-def default_error_data(exc: Exception) -> Any:
+def default_error_data(exc: BaseException) -> Any:
     """Name the error, and nothing else: messages can hold secrets."""
     return {"type": type(exc).__name__}
 
@@ -169,10 +185,16 @@ async def run_source(
                     await channel.aput(_encode_item(encoder, item))
         else:
             result = await to_thread.run_sync(_drain, source, channel, encoder, limiter=limiter)
+    except JobCancelled as exc:
+        if channel.cancelled:
+            return  # nobody is listening: nothing to say, nobody to say it to
+        # The job raised it itself while the client still listens: an error like any other.
+        logger.error("event stream job raised JobCancelled itself", exc_info=exc)
+        channel.close(encoder.message("error", _next_id(reporter), default_error_data(exc)))
+        return
     except Exception as exc:
         if channel.cancelled:
-            if not isinstance(exc, JobCancelled):
-                logger.error("event stream job failed after its client left", exc_info=exc)
+            logger.error("event stream job failed after its client left", exc_info=exc)
             return
         logger.error("event stream job failed", exc_info=exc)
         channel.close(_error_event(encoder, reporter, on_error, exc))

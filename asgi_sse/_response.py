@@ -12,6 +12,7 @@ after its worker thread has.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, TypeVar
 
@@ -45,6 +46,7 @@ _HEADERS = {
     b"cache-control": b"no-cache",
     b"x-accel-buffering": b"no",  # nginx: pass each event on, do not buffer
 }
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field names
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer", "content-length"}
 )
@@ -58,6 +60,8 @@ DEFAULT_BUFFER_BYTES = 1024 * 1024
 def _check_headers(headers: Mapping[str, str]) -> dict[bytes, bytes]:
     checked = dict(_HEADERS)
     for name, value in headers.items():
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"header name {name!r} is not an HTTP token")
         if name.lower() in _HOP_BY_HOP:
             raise ValueError(f"header {name!r} is hop-by-hop; the server sets it, if anyone")
         for part in (name, value):
@@ -195,9 +199,13 @@ class EventStream:
         await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send(self, send: Send, message: Message) -> bool:
-        """Send, or give up on a client that has not taken it within the timeout."""
+        """Send, or give up on a client that is gone or has not taken it in time."""
         with move_on_after(self.send_timeout) as scope:
-            await send(message)
+            try:
+                await send(message)
+            except OSError as exc:  # ASGI: a server may raise it for a closed connection
+                logger.debug("event stream send failed: %r", exc)
+                return False
         if scope.cancelled_caught:
             logger.warning(
                 "event stream send timed out after %ss; closing the stream", self.send_timeout

@@ -94,10 +94,14 @@ async def _respond(send: Any, status: int, content_type: bytes, body: bytes) -> 
 def _arguments(query: bytes) -> tuple[int, float]:
     """Read and check the query before any stream starts: bad input is a 400."""
     params = parse_qs(query.decode("latin-1"))
-    steps = int(params.get("steps", ["12"])[0])
-    delay = float(params.get("delay", ["0.3"])[0])
+    problem = "steps must be a whole number from 1 to 500, delay a number of seconds from 0 to 5"
+    try:
+        steps = int(params.get("steps", ["12"])[0])
+        delay = float(params.get("delay", ["0.3"])[0])
+    except ValueError:
+        raise ValueError(problem) from None
     if not (1 <= steps <= 500 and 0 <= delay <= 5):
-        raise ValueError("steps must be 1-500 and delay 0-5 seconds")
+        raise ValueError(problem)
     return steps, delay
 
 

@@ -106,6 +106,10 @@ def test_enc_hook_comes_before_the_str_fallback() -> None:
     assert hooked.json([Opaque(), ValueError("x")]) == b'[{"opaque":true},"x"]'
 
 
+def test_a_hook_that_hands_back_what_it_got_falls_back_to_str() -> None:
+    assert Encoder(enc_hook=lambda value: value).json([Opaque()]) == b'["opaque!"]'
+
+
 class Unprintable:
     def __str__(self) -> str:
         raise RuntimeError("no")
@@ -157,9 +161,9 @@ def test_transliteration_keeps_json_valid_when_it_makes_quotes() -> None:
     assert msgspec.json.decode(encoded) == {'"quoted"': '<<x>> \\ "'}
 
 
-def test_transliteration_applies_to_text_data_too() -> None:
-    assert translit.encode(ServerSentEvent(data="Crème\nbrûlée")) == (
-        b"data: Creme\ndata: brulee\n\n"
+def test_transliteration_applies_to_text_data_but_not_to_names_clients_match_on() -> None:
+    assert translit.encode(ServerSentEvent(data="Crème\nbrûlée", event="étape")) == (
+        "event: étape\n".encode() + b"data: Creme\ndata: brulee\n\n"
     )
 
 

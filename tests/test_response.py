@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
+from types import MappingProxyType
 from typing import Any
 
 import anyio
@@ -65,26 +66,66 @@ async def test_every_event_arrives_in_order_through_a_small_buffer() -> None:
 
 
 async def test_what_is_ready_goes_out_in_one_send() -> None:
-    """While one send is slow, the job keeps reporting; the rest leaves in one body."""
+    """While one send is slow, the job keeps reporting; all of that leaves in one body."""
+    first_sending = threading.Event()
     job_done = anyio.Event()
 
     def job(on_progress: Reporter) -> int:
-        for i in range(1_000):
+        on_progress("step", {"i": 0})
+        if not first_sending.wait(BOUND):
+            raise TimeoutError("the first event was never sent")
+        for i in range(1, 1_000):
             on_progress("step", {"i": i})
         anyio.from_thread.run_sync(job_done.set)
         return 1_000
 
     async def on_send(message: Message) -> None:
-        if message.get("body") and not job_done.is_set():
-            await job_done.wait()  # the first send stalls until the job is done
+        if message.get("body") and not first_sending.is_set():
+            first_sending.set()
+            await job_done.wait()  # the first send stalls until the job has reported all
 
     async with calling(stream_progress(job), on_send=on_send) as (call, _):
         pass
     bodies = [m["body"] for m in call.messages[1:] if m["body"]]
-    assert len(bodies) == 2  # the first event(s), then everything else at once
-    assert bodies[1].endswith(b"event: completed\nid: 1001\ndata: 1000\n\n")
-    events = parse(call.body)
-    assert [e["id"] for e in events] == [str(i) for i in range(1, 1_002)]
+    assert parse(bodies[0]) == [
+        {"event": "progress", "data": '{"step":"step","details":{"i":0}}', "id": "1"}
+    ]
+    # Then the 999 events reported meanwhile, at once; the completed event joins them
+    # or follows, depending on when the loop sees the job return.
+    assert [body.count(b"event: progress") for body in bodies[1:]] in ([999], [999, 0])
+    assert bodies[-1].endswith(b"event: completed\nid: 1001\ndata: 1000\n\n")
+    assert [e["id"] for e in parse(call.body)] == [str(i) for i in range(1, 1_002)]
+
+
+async def test_reports_made_on_the_event_loop_thread_never_freeze_it() -> None:
+    """A job may hand on_progress to async code; the loop must not wait on itself."""
+    overflowed = anyio.Event()
+
+    def job(on_progress: Reporter) -> None:
+        for i in range(200):
+            anyio.from_thread.run_sync(on_progress, "step", {"i": i})
+            if i == 10:
+                anyio.from_thread.run_sync(overflowed.set)
+
+    async def on_send(message: Message) -> None:
+        if message.get("body"):
+            await overflowed.wait()  # the first send stalls: reports 2-11 pile up meanwhile
+
+    stream = EventStream(Job(job), max_buffer_bytes=100)  # about two events
+    async with calling(stream, on_send=on_send) as (call, _):
+        pass
+    assert [e["id"] for e in parse(call.body)] == [str(i) for i in range(1, 202)]
+
+
+async def test_a_mapping_that_is_not_a_dict_is_sent_as_an_object() -> None:
+    events = parse(
+        (
+            await call_app(
+                stream_progress(lambda on_progress: on_progress("s", MappingProxyType({"a": 1})))
+            )
+        ).body
+    )
+    assert events[0]["data"] == '{"step":"s","details":{"a":1}}'
 
 
 async def test_reports_from_several_threads_of_one_job_keep_consecutive_ids() -> None:
@@ -334,6 +375,26 @@ async def test_a_send_that_never_completes_times_out_and_cancels_the_job() -> No
     assert not call.finished
 
 
+async def test_a_send_that_raises_oserror_means_the_client_is_gone() -> None:
+    outcome: list[str] = []
+
+    def job(on_progress: Reporter) -> None:
+        try:
+            for i in range(10**6):
+                on_progress("step", {"i": i})
+        except JobCancelled:
+            outcome.append("cancelled")
+
+    async def on_send(message: Message) -> None:
+        if message.get("body"):
+            raise ConnectionResetError("the peer is gone")
+
+    async with calling(stream_progress(job), on_send=on_send) as (call, _):
+        pass
+    assert outcome == ["cancelled"]
+    assert not call.finished
+
+
 async def test_heartbeats_fill_silences_and_dispatch_nothing() -> None:
     beats = threading.Event()
     seen = 0
@@ -426,14 +487,52 @@ async def test_only_http_is_served() -> None:
 
 
 def test_bad_arguments_fail_when_the_response_is_built() -> None:
-    with pytest.raises(TypeError, match="missing a required argument: 'data'"):
+    with pytest.raises(
+        TypeError, match=r"cannot call pipeline .* missing a required argument: 'data'"
+    ):
         stream_progress(pipeline)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+    with pytest.raises(
+        TypeError, match=r"cannot call pipeline .* unexpected keyword argument 'colour'"
+    ):
         stream_progress(pipeline, "x", colour="red")
-    with pytest.raises(TypeError, match="on_progress is passed by asgi-sse"):
+    with pytest.raises(TypeError, match="on_progress is passed to pipeline by asgi-sse"):
         stream_progress(pipeline, "x", on_progress=print)
-    with pytest.raises(TypeError, match="on_progress"):
-        stream_progress(lambda: None)
+
+    def no_callback(data: str) -> None: ...
+
+    with pytest.raises(TypeError, match="no_callback must accept an on_progress keyword argument"):
+        stream_progress(no_callback, "x")
+    stream_progress(lambda **kwargs: None)  # **kwargs takes it
+
+    async def coroutine(on_progress: Reporter) -> None: ...
+
+    with pytest.raises(TypeError, match="coroutine is async: Job runs blocking functions"):
+        stream_progress(coroutine)
+
+
+async def test_a_job_that_catches_exception_still_stops_when_the_client_leaves() -> None:
+    attempts: list[int] = []
+
+    def retrying(on_progress: Reporter) -> None:
+        for attempt in range(10**6):  # a typical "log and retry" loop
+            try:
+                on_progress("attempt", {"n": attempt})
+            except Exception:  # the point of the test: a loop that swallows errors
+                continue
+            attempts.append(attempt)
+
+    await leave_after_first_event(stream_progress(retrying))
+    assert 0 < len(attempts) < 10**6
+
+
+async def test_a_job_that_raises_job_cancelled_itself_ends_in_an_error_event() -> None:
+    def confused(on_progress: Reporter) -> None:
+        on_progress("start", {})
+        raise JobCancelled("not from asgi-sse")
+
+    call = await call_app(stream_progress(confused))
+    assert parse(call.body)[-1] == {"event": "error", "data": '{"type":"JobCancelled"}', "id": "2"}
+    assert call.finished
 
 
 @pytest.mark.parametrize("source", ["text", b"bytes", {"a": 1}, 42, None])
@@ -450,6 +549,7 @@ def test_sources_that_are_not_streams_of_events_are_refused(source: Any) -> None
         ({"max_buffer_bytes": 0}, "max_buffer_bytes must be at least 1"),
         ({"headers": {"x-a": "b\r\nx-injected: 1"}}, "contains CR, LF or NUL"),
         ({"headers": {"Connection": "close"}}, "hop-by-hop"),
+        ({"headers": {"x foo": "1"}}, "not an HTTP token"),
     ],
 )
 def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:

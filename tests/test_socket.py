@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 from typing import Any
 
@@ -70,8 +71,30 @@ def test_headers_arrive_before_the_first_event() -> None:
         assert b"event: completed" in response.read()
 
 
-@pytest.mark.parametrize("style", ["reports", "polls"])
-def test_a_client_that_leaves_stops_the_job_and_frees_its_thread(style: str) -> None:
+HYPERCORN_ASYNCIO_WAITS_FOR_STREAMS = pytest.mark.xfail(
+    sys.version_info >= (3, 12),
+    strict=True,
+    reason="hypercorn's asyncio worker awaits asyncio.Server.wait_closed() before its graceful"
+    " timeout, and since Python 3.12 that waits for every open connection: it never cancels a"
+    " stream, so shutdown waits for the client. Its trio worker cancels after the timeout.",
+)
+
+
+@pytest.mark.parametrize(
+    ("ending", "job_style", "worker"),
+    [
+        ("client leaves", "reports", "asyncio"),
+        ("client leaves", "polls", "asyncio"),
+        ("client leaves", "reports", "trio"),
+        ("server shuts down", "reports", "trio"),
+        pytest.param(
+            "server shuts down", "reports", "asyncio", marks=HYPERCORN_ASYNCIO_WAITS_FOR_STREAMS
+        ),
+    ],
+)
+def test_a_stream_that_ends_early_stops_the_job_and_frees_its_thread(
+    ending: str, job_style: str, worker: str
+) -> None:
     limiter = anyio.CapacityLimiter(3)
     stopped = threading.Event()
     outcome: list[str] = []
@@ -81,7 +104,7 @@ def test_a_client_that_leaves_stops_the_job_and_frees_its_thread(style: str) -> 
         try:
             on_progress("started", {})
             while not deadline.wait(0.002):
-                if style == "reports":
+                if job_style == "reports":
                     on_progress("tick", {})
                 elif on_progress.cancelled:
                     outcome.append("noticed")
@@ -91,18 +114,24 @@ def test_a_client_that_leaves_stops_the_job_and_frees_its_thread(style: str) -> 
         finally:
             stopped.set()
 
-    with serve(EventStream(Job(job), limiter=limiter)) as server:
+    with serve(EventStream(Job(job), limiter=limiter), backend=worker) as server:
         with (
             httpx.Client(timeout=BOUND) as client,
             connect_sse(client, "GET", server.url) as source,
         ):
-            first = next(source.iter_sse())
-            assert first.event == "progress"
+            events = source.iter_sse()
+            assert next(events).event == "progress"
+            if ending == "server shuts down":
+                server.stop()  # as SIGTERM would, with the stream open
+                assert stopped.wait(BOUND), "the job outlived the server"
+                # The server cuts the stream: no completed event claims the job succeeded.
+                with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+                    assert all(e.event != "completed" for e in events)
         # Leaving the block closed the connection mid-job.
         assert stopped.wait(BOUND), "the job kept running for a client that is gone"
         assert server.done.wait(BOUND), "the response did not return"
-        assert outcome == ["cancelled" if style == "reports" else "noticed"]
-        assert limiter.borrowed_tokens == 0
+    assert outcome == ["cancelled" if job_style == "reports" else "noticed"]
+    assert limiter.borrowed_tokens == 0
 
 
 def test_a_failing_job_ends_the_stream_with_an_error_event() -> None:
@@ -174,38 +203,6 @@ def test_a_client_that_stops_reading_is_timed_out_and_its_job_cancelled() -> Non
         assert server.done.wait(BOUND)
         assert outcome == ["cancelled"]
         assert limiter.borrowed_tokens == 0
-
-
-def test_a_server_that_shuts_down_cancels_the_job_and_exits() -> None:
-    limiter = anyio.CapacityLimiter(2)
-    outcome: list[str] = []
-    stopped = threading.Event()
-    never = threading.Event()
-
-    def job(on_progress: Reporter) -> None:
-        try:
-            while not never.wait(0.005):
-                on_progress("tick", {})
-        except JobCancelled:
-            outcome.append("cancelled")
-        finally:
-            stopped.set()
-
-    with serve(EventStream(Job(job), limiter=limiter)) as server:
-        with (
-            httpx.Client(timeout=BOUND) as client,
-            connect_sse(client, "GET", server.url) as source,
-        ):
-            events = source.iter_sse()
-            assert next(events).event == "progress"
-            server.stop()  # hypercorn shuts down with the stream open
-            assert stopped.wait(BOUND), "the job outlived the server"
-            # The server cuts the stream: no completed event claims the job succeeded.
-            with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
-                assert all(e.event == "progress" for e in events)
-        assert server.done.wait(BOUND)
-    assert outcome == ["cancelled"]
-    assert limiter.borrowed_tokens == 0
 
 
 def test_http2_streams_events_without_connection_specific_headers() -> None:
