@@ -11,9 +11,10 @@ from ._encoder import HEARTBEAT, Encoder
 from ._events import ServerSentEvent
 from ._exceptions import JobCancelled
 from ._jobs import DEFAULT_THREADS, Job, Reporter, Source, default_error_data, default_limiter
-from ._response import EventStream, stream_progress
+from ._response import DEFAULT_BUFFER_BYTES, EventStream, stream_progress
 
 __all__ = [
+    "DEFAULT_BUFFER_BYTES",
     "DEFAULT_THREADS",
     "HEARTBEAT",
     "Encoder",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, MutableMapping
-from typing import Any, TypeVar
+from typing import Any
 
 from anyio import (
     CancelScope,
@@ -30,14 +30,13 @@ from ._bridge import Channel
 from ._encoder import HEARTBEAT, Encoder
 from ._jobs import Job, Source, run_source
 
-__all__ = ["EventStream", "stream_progress"]
+__all__ = ["DEFAULT_BUFFER_BYTES", "EventStream", "stream_progress"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-T = TypeVar("T")
 logger = logging.getLogger("asgi_sse")
 
 # No ``connection`` header: it is illegal on HTTP/2 and the server's business.

@@ -22,8 +22,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from asgi_sse import EventStream, Job
-from asgi_sse._response import DEFAULT_BUFFER_BYTES
+from asgi_sse import DEFAULT_BUFFER_BYTES, EventStream, Job
 
 BUFFER = int(os.environ.get("ASGI_SSE_BUFFER", str(DEFAULT_BUFFER_BYTES)))
 ProgressCallback = Callable[[str, dict[str, Any]], None]
