@@ -190,7 +190,7 @@ async def run_source(
             return  # nobody is listening: nothing to say, nobody to say it to
         # The job raised it itself while the client still listens: an error like any other.
         logger.error("event stream job raised JobCancelled itself", exc_info=exc)
-        channel.close(encoder.message("error", _next_id(reporter), default_error_data(exc)))
+        channel.close(_error_event(encoder, reporter, None, exc))
         return
     except Exception as exc:
         if channel.cancelled:
@@ -216,10 +216,10 @@ def _error_event(
     encoder: Encoder,
     reporter: Reporter | None,
     on_error: Callable[[Exception], Any] | None,
-    exc: Exception,
+    exc: BaseException,
 ) -> bytes:
     data = default_error_data(exc)
-    if on_error is not None:
+    if on_error is not None and isinstance(exc, Exception):
         try:
             data = on_error(exc)
         except Exception:

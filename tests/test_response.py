@@ -118,13 +118,10 @@ async def test_reports_made_on_the_event_loop_thread_never_freeze_it() -> None:
 
 
 async def test_a_mapping_that_is_not_a_dict_is_sent_as_an_object() -> None:
-    events = parse(
-        (
-            await call_app(
-                stream_progress(lambda on_progress: on_progress("s", MappingProxyType({"a": 1})))
-            )
-        ).body
-    )
+    def job(on_progress: Reporter) -> None:
+        on_progress("s", MappingProxyType({"a": 1}))
+
+    events = parse((await call_app(stream_progress(job))).body)
     assert events[0]["data"] == '{"step":"s","details":{"a":1}}'
 
 
