@@ -3,28 +3,45 @@
 The layers, bottom up: ``_events`` and ``_encoder`` are sans-IO (the event model
 and the wire format); ``_bridge`` carries encoded events from worker threads to
 the event loop over anyio memory object streams; ``_jobs`` runs a source (a
-blocking job or an iterable) into that bridge; ``_response`` is the only module
-that speaks ASGI.
+blocking job or an iterable) into that bridge; ``_hub`` holds app-wide policy
+(admission, counters, shutdown) without knowing ASGI. On top, speaking ASGI:
+``_response`` (the stream), ``_middleware`` (the hub in every scope, lifespan)
+and ``_app`` (a blocking function as a whole app).
 """
 
+from ._app import progress_app
 from ._encoder import HEARTBEAT, Encoder
 from ._events import ServerSentEvent
 from ._exceptions import JobCancelled
+from ._http import Headers, Refusal
+from ._hub import Stats
 from ._jobs import DEFAULT_THREADS, Job, Reporter, Source, default_error_data, default_limiter
-from ._response import DEFAULT_BUFFER_BYTES, EventStream, stream_progress
+from ._middleware import EventStreamMiddleware
+from ._response import (
+    DEFAULT_BUFFER_BYTES,
+    SHUTDOWN_ERROR,
+    EventStream,
+    stream_progress,
+)
 
 __all__ = [
     "DEFAULT_BUFFER_BYTES",
     "DEFAULT_THREADS",
     "HEARTBEAT",
+    "SHUTDOWN_ERROR",
     "Encoder",
     "EventStream",
+    "EventStreamMiddleware",
+    "Headers",
     "Job",
     "JobCancelled",
+    "Refusal",
     "Reporter",
     "ServerSentEvent",
     "Source",
+    "Stats",
     "default_error_data",
     "default_limiter",
+    "progress_app",
     "stream_progress",
 ]

@@ -25,7 +25,13 @@ import threading
 from collections.abc import Callable
 
 import anyio
-from anyio import ClosedResourceError, EndOfStream, create_memory_object_stream, from_thread
+from anyio import (
+    ClosedResourceError,
+    EndOfStream,
+    WouldBlock,
+    create_memory_object_stream,
+    from_thread,
+)
 from anyio.lowlevel import EventLoopToken, checkpoint, current_token
 
 from ._exceptions import JobCancelled
@@ -62,8 +68,10 @@ class Channel:
         self._size = 0  # bytes in _batch
         self._waiting = False  # the loop is parked on the stream and nothing is in flight
         self._in_flight = False  # a delivery is scheduled and has not run yet
-        self._closed = False
-        self._cancelled = False
+        self._stranded = False  # a receive was interrupted: a delivery may wait in the buffer
+        self._closed = False  # no more chunks will be added
+        self._cancelled = False  # nobody is listening: chunks are dropped
+        self._stopped = False  # producers must stop (cancelled, or ended early)
         self.numbered = 0  # how many chunks put_numbered has added
         self._space: anyio.Event | None = None
         self._call_soon = _call_soon(current_token())
@@ -73,7 +81,8 @@ class Channel:
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled
+        """True once producers must stop: their next ``put`` raises :class:`JobCancelled`."""
+        return self._stopped
 
     # -- producer side ---------------------------------------------------------
 
@@ -85,6 +94,7 @@ class Channel:
         with self._lock:
             if self._size >= self._max:
                 self._wait_for_room()
+            self._check_open()
             wake = self._append(chunk)
         if wake:
             self._call_soon(self._deliver)
@@ -97,6 +107,7 @@ class Channel:
         with self._lock:
             if self._size >= self._max:
                 self._wait_for_room()
+            self._check_open()
             wake = self._append(template % (self.numbered + 1, payload))
             self.numbered += 1
         if wake:
@@ -105,7 +116,7 @@ class Channel:
     def _wait_for_room(self) -> None:
         if threading.get_ident() == self._loop_thread:
             return  # only the loop empties the batch: waiting here would freeze it for good
-        while self._size >= self._max and not self._cancelled:
+        while self._size >= self._max and not self._stopped:
             self._not_full.wait()
 
     async def aput(self, chunk: bytes) -> None:
@@ -113,7 +124,8 @@ class Channel:
         await checkpoint()
         while True:
             with self._lock:
-                if self._size < self._max or self._cancelled:
+                if self._size < self._max or self._stopped:
+                    self._check_open()
                     wake = self._append(chunk)
                     break
             if self._space is None:
@@ -142,12 +154,28 @@ class Channel:
         if not in_flight:  # else the delivery in flight closes the stream after it
             self._send.close()
 
-    def _append(self, chunk: bytes) -> bool:
-        """Append under the lock; True if the caller must wake the parked loop."""
+    def end(self, last: bytes) -> None:
+        """From the loop: stop the producers now, but deliver what they have put
+        so far and then ``last`` (a stream ended early, e.g. at shutdown)."""
+        with self._lock:
+            if self._closed or self._cancelled:
+                return
+            self._stopped = True
+            self._not_full.notify_all()
+        self._wake_async_producer()
+        self.close(last)
+
+    def _check_open(self) -> None:
+        """Under the lock, for producers: refuse a chunk nobody will send."""
         if self._cancelled:
             raise JobCancelled("the event stream is closed")
+        if self._stopped:
+            raise JobCancelled("the event stream was ended early")
         if self._closed:
             raise JobCancelled("the event stream has ended: the job returned before this report")
+
+    def _append(self, chunk: bytes) -> bool:
+        """Append under the lock; True if the caller must wake the parked loop."""
         self._batch.append(chunk)
         self._size += len(chunk)
         if not self._waiting:
@@ -189,10 +217,8 @@ class Channel:
         or cancelled.
         """
         with self._lock:
-            if self._batch:
-                batch = self._take()
-            else:
-                batch = None
+            batch = self._take_ready()
+            if batch is None:
                 self._waiting = True
         if batch is None:
             try:
@@ -201,17 +227,39 @@ class Channel:
                 self._receive.close()
                 raise EndOfStream from None
             except BaseException:
-                # Interrupted while a delivery may be in flight: a later receive could
-                # take newer chunks before it, so the channel ends here.
-                self.cancel()
+                # Interrupted. A delivery in flight lands in the stream's buffer,
+                # where the next receive or take_rest looks first.
+                with self._lock:
+                    self._waiting = False
+                    self._stranded = True
                 raise
         self._wake_async_producer()
         return batch
 
+    def _take_ready(self) -> list[bytes] | None:
+        """Under the lock: a delivered batch first (it is older), else the batch."""
+        if self._stranded:  # only after an interrupted receive: keep the hot path free
+            try:
+                return self._receive.receive_nowait()
+            except (WouldBlock, EndOfStream, ClosedResourceError):
+                pass
+        return self._take() if self._batch else None
+
+    def take_rest(self) -> list[bytes]:
+        """From the loop, when the stream must end now: stop the producers and
+        take every chunk not yet received, in order."""
+        with self._lock:
+            self._stopped = True
+            rest = []
+            while (batch := self._take_ready()) is not None:
+                rest += batch
+        self._wake_async_producer()
+        return rest
+
     def cancel(self) -> None:
         """Stop every producer: their next ``put`` raises :class:`JobCancelled`."""
         with self._lock:
-            self._cancelled = True
+            self._cancelled = self._stopped = True
             self._take()
         self._receive.close()
         self._send.close()

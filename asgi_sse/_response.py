@@ -1,4 +1,4 @@
-"""The pure-ASGI response: the only module that speaks ASGI messages.
+"""The pure-ASGI event stream.
 
 Three tasks share one task group, as in Starlette's streaming response: one
 sends (the only caller of ``send``), one listens for ``http.disconnect`` and one
@@ -6,31 +6,54 @@ runs the source. A server may drop a ``send`` to a client that has gone without
 a word, or block it forever on one that stopped reading (hypercorn does both),
 so disconnect is learnt from ``receive()`` and every ``send`` has a timeout.
 Whatever ends the stream, the job is told to stop and the response returns only
-after its worker thread has.
+after its worker thread has. A stream the server cancels (its graceful shutdown
+ran out) still sends what the job reported and a last ``error`` event, shielded.
+
+Past 300 lines, on purpose: the ASGI call and :meth:`EventStream.body` (for
+frameworks that send the body themselves) are two doors onto one lifecycle,
+which reads best in one place.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    MutableMapping,
+)
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from functools import partial
 from typing import Any
 
 from anyio import (
     CancelScope,
     CapacityLimiter,
     EndOfStream,
+    Event,
     create_task_group,
     current_time,
+    get_cancelled_exc_class,
     move_on_after,
     sleep,
 )
 
 from ._bridge import Channel
 from ._encoder import HEARTBEAT, Encoder
+from ._http import Headers, Refusal, check_headers, refusal
+from ._hub import SCOPE_KEY, Hub, Ticket
 from ._jobs import Job, Source, run_source
 
-__all__ = ["DEFAULT_BUFFER_BYTES", "EventStream", "stream_progress"]
+__all__ = [
+    "DEFAULT_BUFFER_BYTES",
+    "SHUTDOWN_ERROR",
+    "EventStream",
+    "stream_progress",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,35 +62,13 @@ Send = Callable[[Message], Awaitable[None]]
 
 logger = logging.getLogger("asgi_sse")
 
-# No ``connection`` header: it is illegal on HTTP/2 and the server's business.
-_HEADERS = {
-    b"content-type": b"text/event-stream; charset=utf-8",
-    b"cache-control": b"no-cache",
-    b"x-accel-buffering": b"no",  # nginx: pass each event on, do not buffer
-}
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field names
-_HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer", "content-length"}
-)
-
 _default_encoder = Encoder()
 
 #: Bytes of encoded events held per stream before a producer waits.
 DEFAULT_BUFFER_BYTES = 1024 * 1024
 
-
-def _check_headers(headers: Mapping[str, str]) -> dict[bytes, bytes]:
-    checked = dict(_HEADERS)
-    for name, value in headers.items():
-        if not _TOKEN.fullmatch(name):
-            raise ValueError(f"header name {name!r} is not an HTTP token")
-        if name.lower() in _HOP_BY_HOP:
-            raise ValueError(f"header {name!r} is hop-by-hop; the server sets it, if anyone")
-        for part in (name, value):
-            if any(char in part for char in "\r\n\0"):
-                raise ValueError(f"header {name!r} contains CR, LF or NUL: {part!r}")
-        checked[name.lower().encode("latin-1")] = value.encode("latin-1")
-    return checked
+#: The data of the ``error`` event that ends a stream cut short by shutdown.
+SHUTDOWN_ERROR = {"type": "ServerShutdown"}
 
 
 def _check_seconds(name: str, value: float | None) -> None:
@@ -97,8 +98,13 @@ class EventStream:
     - ``encoder``: an :class:`Encoder`, e.g. one that transliterates.
     - ``on_error``: turns the job's exception into the ``error`` event's data
       (the default names the exception type and nothing more).
-    - ``headers``: extra response headers; these replace asgi-sse's own of the
-      same name.
+    - ``headers``: extra response headers, a mapping or (name, value) pairs
+      (pairs may repeat a name, as ``set-cookie`` does); these replace
+      asgi-sse's own of the same name. After construction, ``stream.headers``
+      is the full list sent, as ASGI byte pairs (adapters copy it).
+
+    Under :class:`EventStreamMiddleware` the stream follows the app's policy:
+    its limiter, its cap (503 or a place in line), its counters, its shutdown.
     """
 
     __slots__ = (
@@ -123,7 +129,7 @@ class EventStream:
         send_timeout: float | None = 30.0,
         encoder: Encoder | None = None,
         on_error: Callable[[Exception], Any] | None = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Headers | None = None,
     ) -> None:
         if isinstance(source, (str, bytes, bytearray, Mapping)) or not isinstance(
             source, (Job, AsyncIterable, Iterable)
@@ -143,61 +149,131 @@ class EventStream:
         self.send_timeout = send_timeout
         self.encoder = encoder or _default_encoder
         self.on_error = on_error
-        self.headers = _check_headers(headers or {})
+        self.headers = check_headers(headers or {})
+
+    def refusal(self, scope: Scope) -> Refusal | None:
+        """The 503 to answer instead, if the app's middleware is full or closing.
+
+        For frameworks that send the response themselves (Quart); an ASGI call
+        checks this itself.
+        """
+        hub = scope.get(SCOPE_KEY)
+        if hub is None or not hub.full():
+            return None
+        hub.refused += 1
+        return refusal(hub)
+
+    @asynccontextmanager
+    async def body(self, scope: Scope | None = None) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The encoded stream, for frameworks that send the body themselves.
+
+        Leaving the context stops the job and waits for its thread. Watching
+        for disconnect and timing out sends are then the framework's part.
+        """
+        hub: Hub | None = None if scope is None else scope.get(SCOPE_KEY)
+        channel = Channel(self.max_buffer_bytes)
+        ticket = None if hub is None else hub.admit(partial(self._end, channel), force=True)
+        try:
+            async with self._chunks(channel, hub, ticket) as chunks:
+                yield chunks
+        finally:
+            if hub is not None and ticket is not None:
+                hub.leave(ticket)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             raise RuntimeError(f"EventStream serves HTTP requests, not {scope['type']!r}")
+        hub: Hub | None = scope.get(SCOPE_KEY)
         channel = Channel(self.max_buffer_bytes)
-        sent_at = [current_time()]
+        ticket = None
+        if hub is not None:
+            ticket = hub.admit(partial(self._end, channel))
+            if ticket is None:
+                channel.cancel()  # never used: close its streams
+                await refusal(hub)(scope, receive, send)
+                return
+        try:
+            async with create_task_group() as tg:
+                try:
+                    left = Event()
+                    tg.start_soon(self._watch_disconnect, receive, left, tg.cancel_scope, hub)
+                    await self._stream(send, channel, hub, ticket, left)
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            if hub is not None and ticket is not None:
+                hub.leave(ticket)
+
+    async def _stream(
+        self,
+        send: Send,
+        channel: Channel,
+        hub: Hub | None,
+        ticket: Ticket | None,
+        left: Event,
+    ) -> None:
+        start = {"type": "http.response.start", "status": 200, "headers": self.headers}
+        if not await self._send(send, start, hub):
+            return
+        async with self._chunks(channel, hub, ticket) as chunks:
+            try:
+                async for chunk in chunks:
+                    message = {"type": "http.response.body", "body": chunk, "more_body": True}
+                    if not await self._send(send, message, hub):
+                        return
+            except get_cancelled_exc_class():
+                if not left.is_set():
+                    # The server gave up on the request (its graceful shutdown timed
+                    # out): say so, so no client takes the cut for a finished job.
+                    rest = channel.take_rest()
+                    rest.append(self._farewell(channel))
+                    with CancelScope(shield=True):
+                        last = {"type": "http.response.body", "body": b"".join(rest)}
+                        await self._send(send, last, hub)
+                raise
+        await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False}, hub)
+
+    @asynccontextmanager
+    async def _chunks(
+        self, channel: Channel, hub: Hub | None, ticket: Ticket | None
+    ) -> AsyncIterator[_Chunks]:
+        """Run the source and the heartbeat; yield the encoded chunks as they come."""
+        chunks = _Chunks(channel, hub)
         async with create_task_group() as tg:
             try:
-                tg.start_soon(self._watch_disconnect, receive, channel, tg.cancel_scope)
-                if not await self._send(
-                    send,
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": list(self.headers.items()),
-                    },
-                ):
-                    return
-                tg.start_soon(self._produce, channel)
+                tg.start_soon(self._produce, channel, hub, ticket)
                 if self.heartbeat is not None:
-                    tg.start_soon(self._beat, channel, self.heartbeat, sent_at)
-                await self._pump(send, channel, sent_at)
+                    tg.start_soon(self._beat, channel, self.heartbeat, chunks)
+                yield chunks
             finally:
                 # Tell the job before the task group waits for its thread.
                 channel.cancel()
                 tg.cancel_scope.cancel()
 
-    async def _produce(self, channel: Channel) -> None:
-        await run_source(
-            self.source,
-            channel,
-            encoder=self.encoder,
-            limiter=self.limiter,
-            on_error=self.on_error,
-        )
+    async def _produce(self, channel: Channel, hub: Hub | None, ticket: Ticket | None) -> None:
+        limiter = self.limiter
+        slot: AbstractAsyncContextManager[None] = nullcontext()
+        if hub is not None and ticket is not None:
+            limiter = limiter or hub.limiter
+            slot = hub.slot(ticket, partial(self._queued, channel))
+        async with slot:
+            await run_source(
+                self.source, channel, encoder=self.encoder, limiter=limiter, on_error=self.on_error
+            )
 
-    async def _pump(self, send: Send, channel: Channel, sent_at: list[float]) -> None:
-        """Send every batch as one body message, until the last event is out."""
-        while True:
-            try:
-                batch = await channel.receive()
-            except EndOfStream:
-                if channel.cancelled:
-                    return
-                break
-            body = batch[0] if len(batch) == 1 else b"".join(batch)
-            if not await self._send(
-                send, {"type": "http.response.body", "body": body, "more_body": True}
-            ):
-                return
-            sent_at[0] = current_time()
-        await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
+    def _queued(self, channel: Channel, position: int) -> None:
+        channel.put_nowait(self.encoder.message("queued", None, {"position": position}))
 
-    async def _send(self, send: Send, message: Message) -> bool:
+    def _farewell(self, channel: Channel) -> bytes:
+        """The last event of a stream ended by shutdown, numbered after the job's events."""
+        next_id = channel.numbered + 1 if isinstance(self.source, Job) else None
+        return self.encoder.message("error", next_id, SHUTDOWN_ERROR)
+
+    def _end(self, channel: Channel) -> None:
+        """End the stream early: the job is stopped, what it reported still goes out."""
+        channel.end(self._farewell(channel))
+
+    async def _send(self, send: Send, message: Message, hub: Hub | None) -> bool:
         """Send, or give up on a client that is gone or has not taken it in time."""
         with move_on_after(self.send_timeout) as scope:
             try:
@@ -209,29 +285,62 @@ class EventStream:
             logger.warning(
                 "event stream send timed out after %ss; closing the stream", self.send_timeout
             )
+            if hub is not None:
+                hub.send_timeouts += 1
             return False
         return True
 
     @staticmethod
-    async def _watch_disconnect(receive: Receive, channel: Channel, scope: CancelScope) -> None:
+    async def _watch_disconnect(
+        receive: Receive, left: Event, scope: CancelScope, hub: Hub | None
+    ) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        channel.cancel()
+        left.set()
+        if hub is not None:
+            hub.disconnects += 1
         scope.cancel()
 
     @staticmethod
-    async def _beat(channel: Channel, interval: float, sent_at: list[float]) -> None:
-        """Queue a comment after ``interval`` seconds without a send.
+    async def _beat(channel: Channel, interval: float, chunks: _Chunks) -> None:
+        """Queue a comment after ``interval`` seconds without a chunk.
 
-        It goes through the channel, between whole events, so the pump stays the
-        only sender and the send timeout covers heartbeats too.
+        It goes through the channel, between whole events, so the sender stays
+        the only sender and the send timeout covers heartbeats too.
         """
         while True:
-            idle = current_time() - sent_at[0]
+            idle = current_time() - chunks.taken_at
             if idle >= interval:
                 channel.put_nowait(HEARTBEAT)
                 idle = 0.0
             await sleep(interval - idle)
+
+
+class _Chunks:
+    """The channel's batches as body chunks: one chunk per batch, so a burst of
+    events leaves in one send."""
+
+    __slots__ = ("_channel", "_hub", "taken_at")
+
+    def __init__(self, channel: Channel, hub: Hub | None) -> None:
+        self._channel = channel
+        self._hub = hub
+        self.taken_at = current_time()
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        batch: list[bytes] = []
+        while not batch:  # a delivery that lost the race to a direct take is empty
+            try:
+                batch = await self._channel.receive()
+            except EndOfStream:
+                raise StopAsyncIteration from None
+        self.taken_at = current_time()
+        if self._hub is not None:
+            self._hub.events_sent += len(batch) - batch.count(HEARTBEAT)
+        return batch[0] if len(batch) == 1 else b"".join(batch)
 
 
 def stream_progress(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> EventStream:

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from asgi_sse import DEFAULT_BUFFER_BYTES, EventStream, Job
+from asgi_sse import DEFAULT_BUFFER_BYTES, EventStream, EventStreamMiddleware, Job
 
 BUFFER = int(os.environ.get("ASGI_SSE_BUFFER", str(DEFAULT_BUFFER_BYTES)))
 ProgressCallback = Callable[[str, dict[str, Any]], None]
@@ -52,6 +52,10 @@ async def asgi_sse(scope: Any, receive: Any, send: Any) -> None:
         return await _lifespan(receive, send)
     stream = EventStream(Job(job, _size(scope["query_string"])), max_buffer_bytes=BUFFER)
     return await stream(scope, receive, send)
+
+
+# The same, under the app-wide middleware (shared limiter, counters, admission).
+asgi_sse_middleware = EventStreamMiddleware(asgi_sse, max_streams=1000)
 
 
 # -- 2. the floor: hand-written for this one job, the yardstick -------------------
@@ -146,4 +150,9 @@ async def _queue_endpoint(request: Request) -> StreamingResponse:
 
 queue_pattern = Starlette(routes=[Route("/", _queue_endpoint)])
 
-IMPLEMENTATIONS = {"asgi_sse": asgi_sse, "floor": floor, "queue_pattern": queue_pattern}
+IMPLEMENTATIONS = {
+    "asgi_sse": asgi_sse,
+    "asgi_sse_middleware": asgi_sse_middleware,
+    "floor": floor,
+    "queue_pattern": queue_pattern,
+}

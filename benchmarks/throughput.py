@@ -28,7 +28,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = ["floor", "asgi_sse", "queue_pattern"]
+NAMES = ["floor", "asgi_sse", "asgi_sse_middleware", "queue_pattern"]
 _ID = re.compile(rb"\nid: (\d+)\n")
 _TICK = os.sysconf("SC_CLK_TCK")
 

@@ -1,19 +1,22 @@
 """The demo `make demo` serves: a blocking pipeline streamed to a browser.
 
-Plain ASGI, no framework, so it shows the core alone:
+Plain ASGI, no framework, so it shows the core alone, under the app-wide
+middleware: at most four jobs run at once, eight more wait in line and are told
+their place, and /stats shows the live counters.
 
-    hypercorn examples.demo:app --bind 127.0.0.1:8000
+    hypercorn examples.demo:app --worker-class trio --bind 127.0.0.1:8000
     curl -N 'http://127.0.0.1:8000/progress?steps=10&delay=0.3'
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from asgi_sse import Reporter, stream_progress
+from asgi_sse import EventStreamMiddleware, Reporter, stream_progress
 
 STAGES = ["load", "tokenize", "embed", "cluster", "rank", "summarise"]
 
@@ -63,7 +66,11 @@ PAGE = """<!doctype html>
     $("log").innerHTML = ""; $("bar").value = 0; $("result").textContent = "Running...";
     $("start").disabled = true; $("cancel").disabled = false;
     source = new EventSource(`/progress?steps=${$("steps").value}&delay=0.3`);
+    source.addEventListener("queued", (e) => {
+      $("result").textContent = `Waiting for a worker: ${JSON.parse(e.data).position} in line.`;
+    });
     source.addEventListener("progress", (e) => {
+      $("result").textContent = "Running...";
       const { step, details } = JSON.parse(e.data);
       $("bar").value = details.percent;
       const item = document.createElement("li");
@@ -105,7 +112,7 @@ def _arguments(query: bytes) -> tuple[int, float]:
     return steps, delay
 
 
-async def app(scope: Any, receive: Any, send: Any) -> None:
+async def routes(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
@@ -121,5 +128,11 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
             await _respond(send, 400, b"application/json", error)
             return
         await stream_progress(AnalysisPipeline().execute, steps, delay)(scope, receive, send)
+    elif scope["path"] == "/stats":
+        stats = json.dumps(dataclasses.asdict(app.stats)).encode()
+        await _respond(send, 200, b"application/json", stats)
     else:
         await _respond(send, 404, b"text/plain", b"not found")
+
+
+app = EventStreamMiddleware(routes, max_streams=4, queue=8)

@@ -61,8 +61,18 @@ def http_only(handler: ASGIApp, done: threading.Event | None = None) -> ASGIApp:
 
 
 @contextmanager
-def serve(handler: ASGIApp, *, backend: str = "asyncio", wrap: bool = True) -> Iterator[Served]:
-    """Serve ``handler`` with hypercorn on 127.0.0.1 in a thread, for one test."""
+def serve(
+    handler: ASGIApp,
+    *,
+    backend: str = "asyncio",
+    wrap: bool = True,
+    before_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> Iterator[Served]:
+    """Serve ``handler`` with hypercorn on 127.0.0.1 in a thread, for one test.
+
+    ``before_shutdown`` runs in the server's loop when shutdown is asked for,
+    before hypercorn stops (as an app's own ``shutdown_trigger`` would).
+    """
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
@@ -78,6 +88,8 @@ def serve(handler: ASGIApp, *, backend: str = "asyncio", wrap: bool = True) -> I
 
     async def shutdown_trigger() -> None:
         await anyio.to_thread.run_sync(stop.wait)
+        if before_shutdown is not None:
+            await before_shutdown()
 
     def run() -> None:
         hypercorn_serve = serve_trio if backend == "trio" else serve_asyncio

@@ -24,7 +24,7 @@ def test_a_smoke_run_of_every_implementation_counts_every_event() -> None:
         timeout=120,
     ).stdout
     runs = {run["name"]: run for run in json.loads(output)}
-    assert set(runs) == {"floor", "asgi_sse", "queue_pattern"}
+    assert set(runs) == {"floor", "asgi_sse", "asgi_sse_middleware", "queue_pattern"}
     for name in ("floor", "asgi_sse"):
         assert runs[name]["events"] == 3000, runs[name]
         assert runs[name]["lost"] == 0

@@ -23,7 +23,10 @@ def demo_url() -> Iterator[str]:
     sock.listen(16)
     port = sock.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "examples.demo:app", "--bind", f"fd://{sock.fileno()}"],
+        [
+            *(sys.executable, "-m", "hypercorn", "examples.demo:app", "--worker-class", "trio"),
+            *("--bind", f"fd://{sock.fileno()}"),
+        ],
         cwd=ROOT,
         pass_fds=[sock.fileno()],
     )
@@ -63,3 +66,13 @@ def test_bad_input_is_a_400_before_any_stream(demo_url: str, query: str) -> None
     assert response.json() == {
         "error": "steps must be a whole number from 1 to 500, delay a number of seconds from 0 to 5"
     }
+
+
+def test_stats_count_the_streams_served(demo_url: str) -> None:
+    with httpx.Client(timeout=BOUND) as client:
+        before = client.get(demo_url + "/stats").json()
+        with connect_sse(client, "GET", demo_url + "/progress?steps=2&delay=0") as source:
+            assert [e.event for e in source.iter_sse()] == ["progress", "progress", "completed"]
+        stats = client.get(demo_url + "/stats").json()
+    assert stats["events_sent"] - before["events_sent"] == 3
+    assert stats["open_streams"] == stats["running_jobs"] == stats["queued_jobs"] == 0

@@ -466,10 +466,16 @@ async def test_extra_headers_add_to_and_replace_the_defaults() -> None:
     call = await call_app(stream)
     assert call.start["headers"] == [
         (b"content-type", b"text/event-stream; charset=utf-8"),
-        (b"cache-control", b"no-store"),
         (b"x-accel-buffering", b"no"),
+        (b"cache-control", b"no-store"),
         (b"x-request-id", b"42"),
     ]
+
+
+async def test_header_pairs_may_repeat_a_name() -> None:
+    cookies = [("Set-Cookie", "a=1; HttpOnly"), ("Set-Cookie", "b=2")]
+    call = await call_app(EventStream(Job(pipeline, "x"), headers=cookies))
+    assert [v for k, v in call.start["headers"] if k == b"set-cookie"] == [b"a=1; HttpOnly", b"b=2"]
 
 
 async def test_only_http_is_served() -> None:

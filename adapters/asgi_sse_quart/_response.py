@@ -1,0 +1,76 @@
+"""A Quart response whose body is an asgi-sse event stream.
+
+Quart sends a response itself: it enters the body with ``async with`` and
+iterates it, in the task it cancels when the client disconnects, so the body is
+the stream's :meth:`~asgi_sse.EventStream.body` and leaving it stops the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, MutableMapping
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any, cast
+
+from quart import Response, request
+from quart.wrappers.response import ResponseBody
+
+from asgi_sse import EventStream, Headers, Source
+
+__all__ = ["EventStreamResponse"]
+
+
+class _EventStreamBody(ResponseBody):
+    """Quart's streaming body protocol over the stream's body context."""
+
+    def __init__(self, stream: EventStream, scope: MutableMapping[str, Any]) -> None:
+        self._body: AbstractAsyncContextManager[AsyncIterator[bytes]] = stream.body(scope)
+
+    async def __aenter__(self) -> AsyncIterator[bytes]:
+        return await self._body.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._body.__aexit__(exc_type, exc_value, tb)
+
+
+class EventStreamResponse(Response):
+    """Stream a source's events from a Quart handler, as :class:`~asgi_sse.EventStream` would.
+
+    Build it in the handler: it takes the request's scope then, so an app-wide
+    asgi-sse middleware can refuse the stream with a 503 (this response then
+    carries that refusal instead). ``headers`` replace asgi-sse's own of the
+    same name; the other options are :class:`~asgi_sse.EventStream`'s. Cookies,
+    headers and ``after_request`` functions work as on any Quart response.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        /,
+        *,
+        headers: Headers | None = None,
+        **stream_options: Any,
+    ) -> None:
+        stream = EventStream(source, headers=headers, **stream_options)
+        # Quart types its scope as hypercorn's TypedDicts; asgi-sse takes any ASGI scope.
+        scope = cast("MutableMapping[str, Any]", request.scope)
+        refusal = stream.refusal(scope)
+        if refusal is not None:
+            super().__init__(status=refusal.status)
+            self._replace_headers(refusal.headers)
+            self.set_data(refusal.body)
+            return
+        super().__init__(_EventStreamBody(stream, scope), status=200)
+        self._replace_headers((n.decode("latin-1"), v.decode("latin-1")) for n, v in stream.headers)
+        # Quart cuts every response at RESPONSE_TIMEOUT; a stream ends with its job.
+        self.timeout = None
+
+    def _replace_headers(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """asgi-sse's headers, in place of Quart's default content-type."""
+        self.headers.clear()
+        self.headers.extend(pairs)

@@ -1,0 +1,82 @@
+"""HTTP details shared by the stream and the app: the headers an event stream
+sends (and the extra ones it accepts), and plain responses sent instead of a
+stream."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Union
+
+from ._hub import Hub
+
+__all__ = ["Headers", "Refusal", "check_headers", "refusal"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# No ``connection`` header: it is illegal on HTTP/2 and the server's business.
+_HEADERS = {
+    b"content-type": b"text/event-stream; charset=utf-8",
+    b"cache-control": b"no-cache",
+    b"x-accel-buffering": b"no",  # nginx: pass each event on, do not buffer
+}
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field names
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer", "content-length"}
+)
+
+Headers = Union[Mapping[str, str], Iterable[tuple[str, str]]]
+
+
+def check_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
+    """Validate extra headers; they replace asgi-sse's own of the same name.
+
+    Pairs may repeat a name (``set-cookie``); a mapping cannot.
+    """
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    extra: list[tuple[bytes, bytes]] = []
+    for name, value in pairs:
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"header name {name!r} is not an HTTP token")
+        if name.lower() in _HOP_BY_HOP:
+            raise ValueError(f"header {name!r} is hop-by-hop; the server sets it, if anyone")
+        for part in (name, value):
+            if any(char in part for char in "\r\n\0"):
+                raise ValueError(f"header {name!r} contains CR, LF or NUL: {part!r}")
+        extra.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    replaced = {name for name, _ in extra}
+    return [(n, v) for n, v in _HEADERS.items() if n not in replaced] + extra
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A plain response sent instead of a stream (full, shutting down, a bad request)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def refusal(hub: Hub) -> Refusal:
+    # A browser's EventSource treats any status but 200 as final: it will not
+    # reconnect by itself, so the page decides when to try again.
+    reason = "ServerShutdown" if hub.closing else "ServerBusy"
+    body = b'{"type":"%s","retry_after":%d}' % (reason.encode(), hub.retry_after)
+    return Refusal(
+        status=503,
+        headers=[
+            ("content-type", "application/json"),
+            ("cache-control", "no-store"),
+            ("retry-after", str(hub.retry_after)),
+        ],
+        body=body,
+    )

@@ -1,0 +1,181 @@
+"""App-wide policy shared by every event stream of an app: the worker-thread
+limiter, admission (a cap on running streams, and a waiting line told its
+place), live counters, and ending every stream at shutdown.
+
+It knows nothing of ASGI messages: the middleware puts a hub in each request's
+scope, and a stream that finds one there follows it. A stream without a hub
+uses its own defaults, so nothing here is on the path of an app that does not
+install the middleware.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from anyio import CapacityLimiter, Event, move_on_after
+
+__all__ = ["SCOPE_KEY", "Hub", "Stats"]
+
+logger = logging.getLogger("asgi_sse")
+
+#: Where the middleware puts its hub in a request's scope.
+SCOPE_KEY = "asgi_sse.hub"
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A snapshot of the middleware's counters, plain data to serve or log
+    (``dataclasses.asdict(stats)`` or ``msgspec.json.encode(stats)``)."""
+
+    open_streams: int  #: streams whose response is running, queued or not
+    queued_jobs: int  #: streams waiting for a slot (told their place by ``queued`` events)
+    running_jobs: int  #: streams whose job holds a slot
+    events_sent: int  #: events handed to the server, heartbeats not counted
+    disconnects: int  #: clients that left before their stream ended
+    send_timeouts: int  #: clients dropped because they stopped reading
+    refused: int  #: streams refused with 503 (full, or shutting down)
+
+
+class Ticket:
+    """One admitted stream: how to end it early, and its place in line."""
+
+    __slots__ = ("end", "on_position", "position", "turn")
+
+    def __init__(self, end: Callable[[], None]) -> None:
+        self.end = end
+        self.turn: Event | None = None  # set when a slot is handed over
+        self.position = 0
+        self.on_position: Callable[[int], None] | None = None
+
+
+class Hub:
+    """Admission and shutdown for all streams of one app (see the middleware)."""
+
+    def __init__(
+        self, *, max_streams: int | None, queue: int, threads: int, retry_after: int
+    ) -> None:
+        if max_streams is not None and max_streams < 1:
+            raise ValueError(f"max_streams must be at least 1 or None, got {max_streams!r}")
+        if queue < 0:
+            raise ValueError(f"queue must not be negative, got {queue!r}")
+        if queue and max_streams is None:
+            raise ValueError("a queue needs max_streams: without a cap nobody ever waits")
+        if retry_after < 0:
+            raise ValueError(f"retry_after must not be negative, got {retry_after!r}")
+        self.max_streams = max_streams
+        self.queue = queue
+        self.retry_after = retry_after
+        # Created outside an event loop, anyio binds it to the loop that first uses it.
+        self.limiter = CapacityLimiter(threads)
+        self.closing = False
+        self._open: set[Ticket] = set()
+        self._waiting: deque[Ticket] = deque()
+        self._running = 0
+        self._all_closed: Event | None = None
+        self.events_sent = 0
+        self.disconnects = 0
+        self.send_timeouts = 0
+        self.refused = 0
+
+    def stats(self) -> Stats:
+        return Stats(
+            open_streams=len(self._open),
+            queued_jobs=len(self._waiting),
+            running_jobs=self._running,
+            events_sent=self.events_sent,
+            disconnects=self.disconnects,
+            send_timeouts=self.send_timeouts,
+            refused=self.refused,
+        )
+
+    def full(self) -> bool:
+        """Would a new stream be refused now?"""
+        if self.closing:
+            return True
+        if self.max_streams is None:
+            return False
+        return len(self._open) >= self.max_streams + self.queue
+
+    def admit(self, end: Callable[[], None], *, force: bool = False) -> Ticket | None:
+        """Register a stream, or count a refusal and return None.
+
+        ``end`` ends the stream early with a final event; shutdown calls it.
+        ``force`` admits past the cap (a framework that decided earlier).
+        """
+        if not force and self.full():
+            self.refused += 1
+            return None
+        ticket = Ticket(end)
+        self._open.add(ticket)
+        return ticket
+
+    def leave(self, ticket: Ticket) -> None:
+        self._open.discard(ticket)
+        if not self._open and self._all_closed is not None:
+            self._all_closed.set()
+
+    @asynccontextmanager
+    async def slot(self, ticket: Ticket, on_position: Callable[[int], None]) -> AsyncIterator[None]:
+        """Hold one of ``max_streams`` slots while the job runs; first come, first served.
+
+        While it waits, ``on_position(n)`` is called whenever its place changes
+        (1 is next).
+        """
+        if self.max_streams is None or (self._running < self.max_streams and not self._waiting):
+            self._running += 1
+        else:
+            ticket.turn = Event()
+            ticket.on_position = on_position
+            self._waiting.append(ticket)
+            self._announce()
+            try:
+                await ticket.turn.wait()
+            except BaseException:
+                if ticket in self._waiting:
+                    self._waiting.remove(ticket)
+                    self._announce()
+                else:  # the slot was handed over as we were cancelled: pass it on
+                    self._release()
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._waiting:  # hand the slot over: the running count stays the same
+            turn = self._waiting.popleft().turn
+            assert turn is not None
+            turn.set()
+            self._announce()
+        else:
+            self._running -= 1
+
+    def _announce(self) -> None:
+        for place, ticket in enumerate(self._waiting, start=1):
+            if ticket.position != place and ticket.on_position is not None:
+                ticket.position = place
+                ticket.on_position(place)
+
+    async def shutdown(self, grace: float) -> None:
+        """Refuse new streams, end every open one with a final event (which stops
+        its job), and wait up to ``grace`` seconds for them to finish."""
+        self.closing = True
+        for ticket in list(self._open):
+            ticket.end()
+        if not self._open:
+            return
+        self._all_closed = Event()
+        with move_on_after(grace):
+            await self._all_closed.wait()
+        if self._open:
+            logger.warning(
+                "%d event stream(s) still open %ss after shutdown began: their jobs"
+                " have not returned (a job must report or check on_progress.cancelled)",
+                len(self._open),
+                grace,
+            )

@@ -1,0 +1,126 @@
+"""One ASGI middleware for app-wide policy, whatever the framework underneath.
+
+It puts a hub in every request's scope (streams find it there, so no global
+state and nothing bound to one event loop at import), and takes part in the
+lifespan protocol to end streams at shutdown.
+
+About shutdown and the ASGI spec: a server sends ``lifespan.shutdown`` only
+after it has closed its connections. hypercorn (like uvicorn) first waits up to
+its graceful timeout for open requests, then cancels them; a stream that is
+cancelled so sends its final event before it goes (see ``_response``). What is
+left for ``lifespan.shutdown`` is to end any stream still open, refuse new ones
+and wait, within a bound, for jobs to return. An app that can act earlier (a
+``shutdown_trigger`` of hypercorn's ``serve``, an admin endpoint) calls
+:meth:`EventStreamMiddleware.shutdown` itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from anyio import CapacityLimiter
+
+from ._hub import SCOPE_KEY, Hub, Stats
+from ._jobs import DEFAULT_THREADS
+
+__all__ = ["EventStreamMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+# Loose on purpose: frameworks type their scopes in their own ways (Quart, TypedDicts).
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+logger = logging.getLogger("asgi_sse")
+
+
+class EventStreamMiddleware:
+    """App-wide policy for every event stream of the wrapped app.
+
+    Wrap the app you serve: ``app = EventStreamMiddleware(app, max_streams=100)``.
+
+    - ``threads``: one worker-thread limiter shared by all streams (a stream's
+      own ``limiter=`` still wins).
+    - ``max_streams``: how many streams may run their job at once; ``None`` for
+      no cap. Over it, a new stream is refused with 503 and ``Retry-After``
+      before it starts...
+    - ``queue``: ...unless fewer than ``queue`` streams are already waiting: then
+      it is admitted and sent ``queued`` events (``{"position": n}``, 1 is next)
+      until a slot frees.
+    - ``retry_after``: seconds sent in ``Retry-After`` with a 503.
+    - ``shutdown_grace``: seconds :meth:`shutdown` waits for jobs to return.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_streams: int | None = None,
+        queue: int = 0,
+        threads: int = DEFAULT_THREADS,
+        retry_after: int = 5,
+        shutdown_grace: float = 5.0,
+    ) -> None:
+        self.app = app
+        self._hub = Hub(
+            max_streams=max_streams, queue=queue, threads=threads, retry_after=retry_after
+        )
+        self.shutdown_grace = shutdown_grace
+
+    @property
+    def stats(self) -> Stats:
+        """Live counters, as a snapshot."""
+        return self._hub.stats()
+
+    @property
+    def limiter(self) -> CapacityLimiter:
+        """The worker-thread limiter shared by the app's streams."""
+        return self._hub.limiter
+
+    async def shutdown(self) -> None:
+        """Refuse new streams (503), end every open one with a final ``error``
+        event ``{"type": "ServerShutdown"}`` after the events already reported,
+        stop their jobs, and wait up to ``shutdown_grace`` seconds for them."""
+        await self._hub.shutdown(self.shutdown_grace)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        await self.app({**scope, SCOPE_KEY: self._hub}, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        received = False
+
+        async def receive_and_act() -> Message:
+            nonlocal received
+            received = True
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await (
+                    self.shutdown()
+                )  # streams first: the app's own shutdown may close what they use
+            return message
+
+        try:
+            await self.app(scope, receive_and_act, send)
+        except Exception:
+            if received:
+                raise
+            # The app does not speak lifespan (it raised before listening): speak
+            # it on its behalf, so shutdown still ends the streams.
+            logger.debug("the wrapped app does not support lifespan; asgi-sse answers it")
+            await self._own_lifespan(receive, send)
+
+    async def _own_lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
