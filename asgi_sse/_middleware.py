@@ -86,7 +86,7 @@ class EventStreamMiddleware:
         stop their jobs, and wait up to ``shutdown_grace`` seconds for them."""
         await self._hub.shutdown(self.shutdown_grace)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:  # any framework's types
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
             return

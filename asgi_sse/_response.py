@@ -231,6 +231,7 @@ class EventStream:
                         last = {"type": "http.response.body", "body": b"".join(rest)}
                         await self._send(send, last, hub)
                 raise
+        left.set()  # from here a disconnect is the end of a finished response, not a client leaving
         await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False}, hub)
 
     @asynccontextmanager
@@ -296,9 +297,9 @@ class EventStream:
     ) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        left.set()
-        if hub is not None:
+        if hub is not None and not left.is_set():
             hub.disconnects += 1
+        left.set()
         scope.cancel()
 
     @staticmethod

@@ -74,5 +74,7 @@ def test_stats_count_the_streams_served(demo_url: str) -> None:
         with connect_sse(client, "GET", demo_url + "/progress?steps=2&delay=0") as source:
             assert [e.event for e in source.iter_sse()] == ["progress", "progress", "completed"]
         stats = client.get(demo_url + "/stats").json()
+    # Counted as handed to the server, so all three are in by the time the client has them.
+    # (Whether the finished stream still counts as open is a race with its last send.)
     assert stats["events_sent"] - before["events_sent"] == 3
-    assert stats["open_streams"] == stats["running_jobs"] == stats["queued_jobs"] == 0
+    assert stats["refused"] == stats["send_timeouts"] == 0

@@ -40,11 +40,11 @@ import re
 import subprocess
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -290,8 +290,9 @@ def check_request(url: str, request: Request, held: ExitStack) -> None:
         if request.http2:
             assert response.http_version == "HTTP/2"
         if request.open:
-            chunks = response.iter_bytes()
-            stack.callback(chunks.close)  # kept: a lost iterator would close the stream now
+            # Kept and closed with the stream: a lost generator would close the stream now.
+            chunks = cast("Generator[bytes, None, None]", response.iter_bytes())
+            stack.callback(chunks.close)
             events = first_events(chunks)
             held.enter_context(stack.pop_all())  # closed after the block's last request
         else:
