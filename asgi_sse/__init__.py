@@ -21,6 +21,7 @@ from ._response import (
     DEFAULT_BUFFER_BYTES,
     SHUTDOWN_ERROR,
     EventStream,
+    StreamOptions,
     stream_progress,
 )
 
@@ -40,6 +41,7 @@ __all__ = [
     "ServerSentEvent",
     "Source",
     "Stats",
+    "StreamOptions",
     "default_error_data",
     "default_limiter",
     "progress_app",

@@ -10,23 +10,17 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
 
-from ._http import Refusal
+from ._http import ASGIApp, Receive, Refusal, Scope, Send, answer_lifespan
 from ._jobs import Job
 from ._response import EventStream
 
 __all__ = ["progress_app"]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Largest JSON body accepted, in bytes: arguments, not uploads.
 MAX_BODY = 64 * 1024
@@ -109,7 +103,7 @@ def progress_app(
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await answer_lifespan(receive, send)
             return
         if scope["type"] != "http":
             raise RuntimeError(f"progress_app serves HTTP requests, not {scope['type']!r}")
@@ -160,11 +154,3 @@ async def _read_json_body(scope: Scope, receive: Receive) -> bytes | Refusal | N
             return _error(413, f"the body is larger than {MAX_BODY} bytes")
         if not message.get("more_body", False):
             return bytes(body)
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        await send({"type": message["type"] + ".complete"})
-        if message["type"] == "lifespan.shutdown":
-            return

@@ -1,6 +1,6 @@
-"""HTTP details shared by the stream and the app: the headers an event stream
-sends (and the extra ones it accepts), and plain responses sent instead of a
-stream."""
+"""ASGI details shared by the stream, the middleware and the app: the types, the
+headers an event stream sends (and the extra ones it accepts), plain responses
+sent instead of a stream, and a plain answer to the lifespan protocol."""
 
 from __future__ import annotations
 
@@ -11,12 +11,25 @@ from typing import Any, Union
 
 from ._hub import Hub
 
-__all__ = ["Headers", "Refusal", "check_headers", "refusal"]
+__all__ = [
+    "ASGIApp",
+    "Headers",
+    "Message",
+    "Receive",
+    "Refusal",
+    "Scope",
+    "Send",
+    "answer_lifespan",
+    "check_headers",
+    "refusal",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+# Loose on purpose: frameworks type their scopes in their own ways (Quart, TypedDicts).
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 # No ``connection`` header: it is illegal on HTTP/2 and the server's business.
 _HEADERS = {
@@ -80,3 +93,13 @@ def refusal(hub: Hub) -> Refusal:
         ],
         body=body,
     )
+
+
+async def answer_lifespan(receive: Receive, send: Send) -> None:
+    """Complete every lifespan step, for an app with nothing to start or stop
+    (whatever ``receive`` does on the way is the caller's)."""
+    while True:
+        message = await receive()
+        await send({"type": message["type"] + ".complete"})
+        if message["type"] == "lifespan.shutdown":
+            return

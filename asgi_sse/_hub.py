@@ -100,14 +100,20 @@ class Hub:
             return False
         return len(self._open) >= self.max_streams + self.queue
 
+    def refuses(self) -> bool:
+        """Would a new stream be refused now? A yes is counted."""
+        if self.full():
+            self.refused += 1
+            return True
+        return False
+
     def admit(self, end: Callable[[], None], *, force: bool = False) -> Ticket | None:
         """Register a stream, or count a refusal and return None.
 
         ``end`` ends the stream early with a final event; shutdown calls it.
         ``force`` admits past the cap (a framework that decided earlier).
         """
-        if not force and self.full():
-            self.refused += 1
+        if not force and self.refuses():
             return None
         ticket = Ticket(end)
         self._open.add(ticket)

@@ -17,22 +17,16 @@ and wait, within a bound, for jobs to return. An app that can act earlier (a
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from anyio import CapacityLimiter
 
+from ._http import ASGIApp, Message, Receive, Scope, Send, answer_lifespan
 from ._hub import SCOPE_KEY, Hub, Stats
 from ._jobs import DEFAULT_THREADS
 
 __all__ = ["EventStreamMiddleware"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-# Loose on purpose: frameworks type their scopes in their own ways (Quart, TypedDicts).
-ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 logger = logging.getLogger("asgi_sse")
 
@@ -100,9 +94,8 @@ class EventStreamMiddleware:
             received = True
             message = await receive()
             if message["type"] == "lifespan.shutdown":
-                await (
-                    self.shutdown()
-                )  # streams first: the app's own shutdown may close what they use
+                # Streams first: the app's own shutdown may close what they use.
+                await self.shutdown()
             return message
 
         try:
@@ -113,14 +106,4 @@ class EventStreamMiddleware:
             # The app does not speak lifespan (it raised before listening): speak
             # it on its behalf, so shutdown still ends the streams.
             logger.debug("the wrapped app does not support lifespan; asgi-sse answers it")
-            await self._own_lifespan(receive, send)
-
-    async def _own_lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+            await answer_lifespan(receive_and_act, send)

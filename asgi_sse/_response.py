@@ -20,15 +20,13 @@ import logging
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
-    Awaitable,
     Callable,
     Iterable,
     Mapping,
-    MutableMapping,
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from functools import partial
-from typing import Any
+from typing import Any, TypedDict
 
 from anyio import (
     CancelScope,
@@ -44,7 +42,7 @@ from anyio import (
 
 from ._bridge import Channel
 from ._encoder import HEARTBEAT, Encoder
-from ._http import Headers, Refusal, check_headers, refusal
+from ._http import Headers, Message, Receive, Refusal, Scope, Send, check_headers, refusal
 from ._hub import SCOPE_KEY, Hub, Ticket
 from ._jobs import Job, Source, run_source
 
@@ -52,13 +50,9 @@ __all__ = [
     "DEFAULT_BUFFER_BYTES",
     "SHUTDOWN_ERROR",
     "EventStream",
+    "StreamOptions",
     "stream_progress",
 ]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 logger = logging.getLogger("asgi_sse")
 
@@ -69,6 +63,19 @@ DEFAULT_BUFFER_BYTES = 1024 * 1024
 
 #: The data of the ``error`` event that ends a stream cut short by shutdown.
 SHUTDOWN_ERROR = {"type": "ServerShutdown"}
+
+
+class StreamOptions(TypedDict, total=False):
+    """:class:`EventStream`'s keyword options but ``headers``, for wrappers that
+    pass them on (``**options: Unpack[StreamOptions]``): their names and types
+    only, so the defaults stay here."""
+
+    limiter: CapacityLimiter | None
+    max_buffer_bytes: int
+    heartbeat: float | None
+    send_timeout: float | None
+    encoder: Encoder | None
+    on_error: Callable[[Exception], Any] | None
 
 
 def _check_seconds(name: str, value: float | None) -> None:
@@ -157,11 +164,8 @@ class EventStream:
         For frameworks that send the response themselves (Quart); an ASGI call
         checks this itself.
         """
-        hub = scope.get(SCOPE_KEY)
-        if hub is None or not hub.full():
-            return None
-        hub.refused += 1
-        return refusal(hub)
+        hub: Hub | None = scope.get(SCOPE_KEY)
+        return refusal(hub) if hub is not None and hub.refuses() else None
 
     @asynccontextmanager
     async def body(self, scope: Scope | None = None) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -195,9 +199,9 @@ class EventStream:
         try:
             async with create_task_group() as tg:
                 try:
-                    left = Event()
-                    tg.start_soon(self._watch_disconnect, receive, left, tg.cancel_scope, hub)
-                    await self._stream(send, channel, hub, ticket, left)
+                    ended = Event()
+                    tg.start_soon(self._watch_disconnect, receive, ended, tg.cancel_scope, hub)
+                    await self._stream(send, channel, hub, ticket, ended)
                 finally:
                     tg.cancel_scope.cancel()
         finally:
@@ -210,8 +214,10 @@ class EventStream:
         channel: Channel,
         hub: Hub | None,
         ticket: Ticket | None,
-        left: Event,
+        ended: Event,
     ) -> None:
+        """Start, send the chunks, end. ``ended`` is set once the client has left,
+        or once the last message is on its way (a disconnect after it is no news)."""
         start = {"type": "http.response.start", "status": 200, "headers": self.headers}
         if not await self._send(send, start, hub):
             return
@@ -222,7 +228,7 @@ class EventStream:
                     if not await self._send(send, message, hub):
                         return
             except get_cancelled_exc_class():
-                if not left.is_set():
+                if not ended.is_set():
                     # The server gave up on the request (its graceful shutdown timed
                     # out): say so, so no client takes the cut for a finished job.
                     rest = channel.take_rest()
@@ -231,7 +237,7 @@ class EventStream:
                         last = {"type": "http.response.body", "body": b"".join(rest)}
                         await self._send(send, last, hub)
                 raise
-        left.set()  # from here a disconnect is the end of a finished response, not a client leaving
+        ended.set()
         await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False}, hub)
 
     @asynccontextmanager
@@ -293,13 +299,13 @@ class EventStream:
 
     @staticmethod
     async def _watch_disconnect(
-        receive: Receive, left: Event, scope: CancelScope, hub: Hub | None
+        receive: Receive, ended: Event, scope: CancelScope, hub: Hub | None
     ) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        if hub is not None and not left.is_set():
+        if hub is not None and not ended.is_set():
             hub.disconnects += 1
-        left.set()
+        ended.set()
         scope.cancel()
 
     @staticmethod

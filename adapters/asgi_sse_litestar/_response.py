@@ -11,17 +11,16 @@ disconnect, send timeouts) to it, then runs the background task.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypedDict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from litestar import Response
 from litestar.response.base import ASGIResponse
 from litestar.serialization import get_serializer
 
-from asgi_sse import Encoder, EventStream, Source
+from asgi_sse import Encoder, EventStream, Source, StreamOptions
 
 if TYPE_CHECKING:
-    from anyio import CapacityLimiter
     from litestar import Litestar, Request
     from litestar.background_tasks import BackgroundTask, BackgroundTasks
     from litestar.datastructures import Cookie
@@ -41,17 +40,6 @@ __all__ = ["EVENT_STREAM", "EventStreamResponse", "StreamOptions"]
 #: The media type of a Server-Sent Events stream; give it to the route decorator
 #: (``@get("/events", media_type=EVENT_STREAM)``) for OpenAPI to say so.
 EVENT_STREAM = "text/event-stream"
-
-
-class StreamOptions(TypedDict, total=False):
-    """``EventStream``'s keyword options, as ``EventStreamResponse`` takes them."""
-
-    limiter: CapacityLimiter | None
-    max_buffer_bytes: int
-    heartbeat: float | None
-    send_timeout: float | None
-    encoder: Encoder | None
-    on_error: Callable[[Exception], Any] | None
 
 
 class EventStreamResponse(Response[Source]):

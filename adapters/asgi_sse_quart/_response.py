@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, MutableMapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from quart import Response, request
 from quart.wrappers.response import ResponseBody
 
-from asgi_sse import EventStream, Headers, Source
+from asgi_sse import EventStream, Headers, Source, StreamOptions
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack is Python 3.11+
 
 __all__ = ["EventStreamResponse"]
 
@@ -54,7 +57,7 @@ class EventStreamResponse(Response):
         /,
         *,
         headers: Headers | None = None,
-        **stream_options: Any,
+        **stream_options: Unpack[StreamOptions],
     ) -> None:
         stream = EventStream(source, headers=headers, **stream_options)
         # Quart types its scope as hypercorn's TypedDicts; asgi-sse takes any ASGI scope.

@@ -8,35 +8,19 @@ subclass is a real ``Response`` (headers, ``set_cookie``, ``background``,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from asgi_sse import Encoder, EventStream, Source
+from asgi_sse import EventStream, Source, StreamOptions
 
 if TYPE_CHECKING:
-    from anyio import CapacityLimiter
     from typing_extensions import Unpack  # typing.Unpack is Python 3.11+
 
 __all__ = ["EventStreamResponse", "StreamOptions"]
-
-
-class StreamOptions(TypedDict, total=False):
-    """``EventStream``'s keyword options, passed through as they are.
-
-    Naming them here, not their defaults, keeps asgi-sse the one place that
-    decides those, and lets mypy check the forwarding.
-    """
-
-    limiter: CapacityLimiter | None
-    max_buffer_bytes: int
-    heartbeat: float | None
-    send_timeout: float | None
-    encoder: Encoder | None
-    on_error: Callable[[Exception], Any] | None
 
 
 class EventStreamResponse(Response):
