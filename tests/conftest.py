@@ -17,6 +17,8 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as serve_trio
 from sse_spec import parse_stream
 
+from asgi_sse import JobCancelled, Reporter
+
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
@@ -171,3 +173,34 @@ async def call_app(app: ASGIApp) -> Call:
 def parse(body: bytes) -> list[dict[str, str]]:
     """Split a body into the events a browser would dispatch (see sse_spec.py)."""
     return parse_stream(body)
+
+
+class Endless:
+    """A job that reports until it is stopped, and records how it ended.
+
+    ``outcome`` gets "cancelled" when a report raised :class:`JobCancelled`, or,
+    with ``polls=True`` (a job that reports once, then only checks
+    ``on_progress.cancelled``), "noticed". ``stopped`` is set when it returns.
+    """
+
+    def __init__(self, *, polls: bool = False) -> None:
+        self.polls = polls
+        self.stopped = threading.Event()
+        self.outcome: list[str] = []
+        self.flag_when_cancelled: bool | None = None  # on_progress.cancelled, then
+
+    def __call__(self, on_progress: Reporter) -> None:
+        deadline = threading.Event()  # never set: the job's own pace and upper bound
+        try:
+            on_progress("started", {})
+            while not deadline.wait(0.002):
+                if not self.polls:
+                    on_progress("tick", {})
+                elif on_progress.cancelled:
+                    self.outcome.append("noticed")
+                    return
+        except JobCancelled:
+            self.outcome.append("cancelled")
+            self.flag_when_cancelled = on_progress.cancelled
+        finally:
+            self.stopped.set()

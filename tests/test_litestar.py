@@ -11,14 +11,14 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from conftest import BOUND, serve
+from conftest import BOUND, Endless, serve
 from httpx_sse import connect_sse
 from litestar import Litestar, Response, get
 from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import Cookie, ResponseHeader
 from litestar.params import FromQuery
 
-from asgi_sse import Encoder, Job, JobCancelled, Reporter, ServerSentEvent, Source
+from asgi_sse import Encoder, Job, Reporter, ServerSentEvent, Source
 from asgi_sse_litestar import EVENT_STREAM, EventStreamResponse
 
 
@@ -188,20 +188,7 @@ def test_the_apps_type_encoders_reach_the_events_json() -> None:
 
 def test_a_client_that_leaves_cancels_the_job() -> None:
     limiter = anyio.CapacityLimiter(2)
-    stopped = threading.Event()
-    outcome: list[str] = []
-    deadline = threading.Event()  # never set: the job's own upper bound on how long it runs
-
-    def endless(on_progress: Reporter) -> None:
-        try:
-            on_progress("started", {})
-            while not deadline.wait(0.002):
-                on_progress("tick", {})
-            outcome.append("finished")
-        except JobCancelled:
-            outcome.append("cancelled")
-        finally:
-            stopped.set()
+    endless = Endless()
 
     @get("/")
     async def stream() -> EventStreamResponse:
@@ -214,8 +201,8 @@ def test_a_client_that_leaves_cancels_the_job() -> None:
         ):
             assert next(source.iter_sse()).event == "progress"
         # Leaving the block closed the connection mid-job.
-        assert stopped.wait(BOUND), "the job kept running for a client that is gone"
-    assert outcome == ["cancelled"]
+        assert endless.stopped.wait(BOUND), "the job kept running for a client that is gone"
+    assert endless.outcome == ["cancelled"]
     assert limiter.borrowed_tokens == 0
 
 

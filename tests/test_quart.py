@@ -10,11 +10,11 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from conftest import BOUND, parse, serve
+from conftest import BOUND, Endless, parse, serve
 from httpx_sse import connect_sse
 from quart import Quart, Response
 
-from asgi_sse import HEARTBEAT, EventStreamMiddleware, Job, JobCancelled, Reporter
+from asgi_sse import HEARTBEAT, EventStreamMiddleware, Job, Reporter
 from asgi_sse_quart import EventStreamResponse
 
 
@@ -148,19 +148,7 @@ def test_headers_cookies_and_after_request_reach_the_client() -> None:
 
 def test_a_client_that_leaves_cancels_the_job_and_frees_its_thread() -> None:
     limiter = anyio.CapacityLimiter(3)
-    stopped = threading.Event()
-    outcome: list[str] = []
-    deadline = threading.Event()  # never set: the job's own upper bound on how long it runs
-
-    def job(on_progress: Reporter) -> None:
-        try:
-            on_progress("started", {})
-            while not deadline.wait(0.002):
-                on_progress("tick", {})
-        except JobCancelled:
-            outcome.append("cancelled")
-        finally:
-            stopped.set()
+    job = Endless()
 
     app = app_serving(lambda: EventStreamResponse(Job(job), limiter=limiter))
     returned = threading.Event()
@@ -179,9 +167,9 @@ def test_a_client_that_leaves_cancels_the_job_and_frees_its_thread() -> None:
         ):
             assert next(source.iter_sse()).event == "progress"
         # Leaving the block closed the connection mid-job.
-        assert stopped.wait(BOUND), "the job kept running for a client that is gone"
+        assert job.stopped.wait(BOUND), "the job kept running for a client that is gone"
         assert returned.wait(BOUND), "Quart did not finish the request"
-    assert outcome == ["cancelled"]
+    assert job.outcome == ["cancelled"]
     assert threads_at_return == [0], "the response returned before the job's thread"
 
 
@@ -206,10 +194,8 @@ def test_a_full_middleware_turns_the_response_into_its_503() -> None:
             raise TimeoutError("the test never released the job")
         return "done"
 
-    # Quart types its ASGI call with hypercorn's TypedDicts, which the middleware's
-    # MutableMapping[str, Any] scope does not accept; at run time they are the same.
     app = EventStreamMiddleware(
-        app_serving(lambda: EventStreamResponse(Job(job))),  # type: ignore[arg-type]
+        app_serving(lambda: EventStreamResponse(Job(job))),
         max_streams=1,
         retry_after=7,
     )

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from conftest import BOUND, parse, serve
+from conftest import BOUND, Endless, parse, serve
 from httpx_sse import connect_sse
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -96,23 +96,7 @@ def test_a_stream_that_ends_early_stops_the_job_and_frees_its_thread(
     ending: str, job_style: str, worker: str
 ) -> None:
     limiter = anyio.CapacityLimiter(3)
-    stopped = threading.Event()
-    outcome: list[str] = []
-    deadline = threading.Event()  # never set: the job's own upper bound on how long it runs
-
-    def job(on_progress: Reporter) -> None:
-        try:
-            on_progress("started", {})
-            while not deadline.wait(0.002):
-                if job_style == "reports":
-                    on_progress("tick", {})
-                elif on_progress.cancelled:
-                    outcome.append("noticed")
-                    return
-        except JobCancelled:
-            outcome.append("cancelled")
-        finally:
-            stopped.set()
+    job = Endless(polls=job_style == "polls")
 
     with serve(EventStream(Job(job), limiter=limiter), backend=worker) as server:
         with (
@@ -124,7 +108,7 @@ def test_a_stream_that_ends_early_stops_the_job_and_frees_its_thread(
             assert first.event == "progress"
             if ending == "server shuts down":
                 server.stop()  # as SIGTERM would, with the stream open
-                assert stopped.wait(BOUND), "the job outlived the server"
+                assert job.stopped.wait(BOUND), "the job outlived the server"
                 # The server gave up on the stream; its last event says why, and the
                 # stream ends cleanly (no completed event claims the job succeeded).
                 received = [first, *events]
@@ -137,9 +121,9 @@ def test_a_stream_that_ends_early_stops_the_job_and_frees_its_thread(
                 ids = [int(e.id) for e in received]
                 assert ids == list(range(1, len(ids) + 1))
         # Leaving the block closed the connection mid-job.
-        assert stopped.wait(BOUND), "the job kept running for a client that is gone"
+        assert job.stopped.wait(BOUND), "the job kept running for a client that is gone"
         assert server.done.wait(BOUND), "the response did not return"
-    assert outcome == ["cancelled" if job_style == "reports" else "noticed"]
+    assert job.outcome == ["cancelled" if job_style == "reports" else "noticed"]
     assert limiter.borrowed_tokens == 0
 
 

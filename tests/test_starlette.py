@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import anyio
 import httpx
 import pytest
-from conftest import BOUND, ASGIApp, Message, parse, serve
+from conftest import BOUND, ASGIApp, Endless, Message, parse, serve
 from fastapi import BackgroundTasks, Depends, FastAPI, Query
 from httpx_sse import connect_sse
 from starlette.applications import Starlette
@@ -17,7 +17,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.routing import Route
 
-from asgi_sse import EventStream, Job, JobCancelled, Reporter
+from asgi_sse import EventStream, Job, Reporter
 from asgi_sse_starlette import EventStreamResponse
 
 FRAMEWORKS = ["starlette", "fastapi"]
@@ -169,20 +169,8 @@ def test_the_background_task_runs_after_the_last_event(framework: str) -> None:
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_a_client_that_leaves_cancels_the_job_and_frees_its_thread(framework: str) -> None:
     limiter = anyio.CapacityLimiter(2)
-    stopped = threading.Event()
+    job = Endless()
     ended = threading.Event()
-    outcome: list[str] = []
-    deadline = threading.Event()  # never set: the job's own upper bound on how long it runs
-
-    def job(on_progress: Reporter) -> None:
-        try:
-            on_progress("started", {})
-            while not deadline.wait(0.002):
-                on_progress("tick", {})
-        except JobCancelled:
-            outcome.append(f"cancelled, on_progress.cancelled={on_progress.cancelled}")
-        finally:
-            stopped.set()
 
     app = app_for(
         framework,
@@ -197,10 +185,11 @@ def test_a_client_that_leaves_cancels_the_job_and_frees_its_thread(framework: st
         ):
             assert next(source.iter_sse()).event == "progress"
         # Leaving the block closed the connection mid-job.
-        assert stopped.wait(BOUND), "the job kept running for a client that is gone"
+        assert job.stopped.wait(BOUND), "the job kept running for a client that is gone"
         # The response returned, so its background task ran, after the worker thread ended.
         assert ended.wait(BOUND), "the response did not return"
-    assert outcome == ["cancelled, on_progress.cancelled=True"]
+    assert job.outcome == ["cancelled"]
+    assert job.flag_when_cancelled is True
     assert limiter.borrowed_tokens == 0
 
 
