@@ -29,7 +29,8 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/report.py
 	$(BIN)/python benchmarks/inprocess.py
 
 docs: $(STAMP)

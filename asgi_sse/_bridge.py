@@ -65,6 +65,7 @@ class Channel:
         self._lock = threading.Lock()
         self._not_full = threading.Condition(self._lock)
         self._batch: list[bytes] = []
+        self._producers_waiting = 0  # threads in _wait_for_room
         self._size = 0  # bytes in _batch
         self._waiting = False  # the loop is parked on the stream and nothing is in flight
         self._in_flight = False  # a delivery is scheduled and has not run yet
@@ -116,8 +117,12 @@ class Channel:
     def _wait_for_room(self) -> None:
         if threading.get_ident() == self._loop_thread:
             return  # only the loop empties the batch: waiting here would freeze it for good
-        while self._size >= self._max and not self._stopped:
-            self._not_full.wait()
+        self._producers_waiting += 1
+        try:
+            while self._size >= self._max and not self._stopped:
+                self._not_full.wait()
+        finally:
+            self._producers_waiting -= 1
 
     async def aput(self, chunk: bytes) -> None:
         """Add a chunk from a task in the event loop, waiting while the batch is full."""
@@ -200,7 +205,8 @@ class Channel:
     def _take(self) -> list[bytes]:
         """Under the lock: empty the batch and let waiting producers go on."""
         batch, self._batch, self._size = self._batch, [], 0
-        self._not_full.notify_all()
+        if self._producers_waiting:  # notify_all costs microseconds even with nobody waiting
+            self._not_full.notify_all()
         return batch
 
     def _wake_async_producer(self) -> None:

@@ -26,6 +26,7 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from functools import partial
+from time import monotonic
 from typing import Any, TypedDict
 
 from anyio import (
@@ -34,7 +35,6 @@ from anyio import (
     EndOfStream,
     Event,
     create_task_group,
-    current_time,
     get_cancelled_exc_class,
     move_on_after,
     sleep,
@@ -200,8 +200,12 @@ class EventStream:
             async with create_task_group() as tg:
                 try:
                     ended = Event()
+                    sender = _Sender(send)
                     tg.start_soon(self._watch_disconnect, receive, ended, tg.cancel_scope, hub)
-                    await self._stream(send, channel, hub, ticket, ended)
+                    if self.send_timeout is not None:
+                        watch = self._watch_sends
+                        tg.start_soon(watch, sender, self.send_timeout, ended, tg.cancel_scope, hub)
+                    await self._stream(sender, channel, hub, ticket, ended)
                 finally:
                     tg.cancel_scope.cancel()
         finally:
@@ -210,7 +214,7 @@ class EventStream:
 
     async def _stream(
         self,
-        send: Send,
+        send: _Sender,
         channel: Channel,
         hub: Hub | None,
         ticket: Ticket | None,
@@ -218,14 +222,14 @@ class EventStream:
     ) -> None:
         """Start, send the chunks, end. ``ended`` is set once the client has left,
         or once the last message is on its way (a disconnect after it is no news)."""
-        start = {"type": "http.response.start", "status": 200, "headers": self.headers}
-        if not await self._send(send, start, hub):
+        if not await send({"type": "http.response.start", "status": 200, "headers": self.headers}):
             return
         async with self._chunks(channel, hub, ticket) as chunks:
             try:
                 async for chunk in chunks:
-                    message = {"type": "http.response.body", "body": chunk, "more_body": True}
-                    if not await self._send(send, message, hub):
+                    if not await send(
+                        {"type": "http.response.body", "body": chunk, "more_body": True}
+                    ):
                         return
             except get_cancelled_exc_class():
                 if not ended.is_set():
@@ -233,12 +237,11 @@ class EventStream:
                     # out): say so, so no client takes the cut for a finished job.
                     rest = channel.take_rest()
                     rest.append(self._farewell(channel))
-                    with CancelScope(shield=True):
-                        last = {"type": "http.response.body", "body": b"".join(rest)}
-                        await self._send(send, last, hub)
+                    with move_on_after(self.send_timeout, shield=True):
+                        await send({"type": "http.response.body", "body": b"".join(rest)})
                 raise
         ended.set()
-        await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False}, hub)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     @asynccontextmanager
     async def _chunks(
@@ -280,22 +283,24 @@ class EventStream:
         """End the stream early: the job is stopped, what it reported still goes out."""
         channel.end(self._farewell(channel))
 
-    async def _send(self, send: Send, message: Message, hub: Hub | None) -> bool:
-        """Send, or give up on a client that is gone or has not taken it in time."""
-        with move_on_after(self.send_timeout) as scope:
-            try:
-                await send(message)
-            except OSError as exc:  # ASGI: a server may raise it for a closed connection
-                logger.debug("event stream send failed: %r", exc)
-                return False
-        if scope.cancelled_caught:
-            logger.warning(
-                "event stream send timed out after %ss; closing the stream", self.send_timeout
-            )
-            if hub is not None:
-                hub.send_timeouts += 1
-            return False
-        return True
+    @staticmethod
+    async def _watch_sends(
+        sender: _Sender, limit: float, ended: Event, scope: CancelScope, hub: Hub | None
+    ) -> None:
+        """End the stream once a single send has taken ``limit`` seconds: the
+        client stopped reading. One sleeping task times every send, because a
+        cancel scope per send costs more than the rest of an idle event's path."""
+        while True:
+            since = sender.since
+            left = limit if since is None else since + limit - monotonic()
+            if left <= 0:
+                break
+            await sleep(left)
+        logger.warning("event stream send timed out after %ss; closing the stream", limit)
+        if hub is not None:
+            hub.send_timeouts += 1
+        ended.set()
+        scope.cancel()
 
     @staticmethod
     async def _watch_disconnect(
@@ -316,11 +321,33 @@ class EventStream:
         the only sender and the send timeout covers heartbeats too.
         """
         while True:
-            idle = current_time() - chunks.taken_at
+            idle = monotonic() - chunks.taken_at
             if idle >= interval:
                 channel.put_nowait(HEARTBEAT)
                 idle = 0.0
             await sleep(interval - idle)
+
+
+class _Sender:
+    """The ASGI ``send``, noting when the send in progress began (for the
+    watchdog) and answering False for a connection the server says is closed."""
+
+    __slots__ = ("_send", "since")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.since: float | None = None
+
+    async def __call__(self, message: Message) -> bool:
+        self.since = monotonic()
+        try:
+            await self._send(message)
+        except OSError as exc:  # ASGI: a server may raise it for a closed connection
+            logger.debug("event stream send failed: %r", exc)
+            return False
+        finally:
+            self.since = None
+        return True
 
 
 class _Chunks:
@@ -332,7 +359,7 @@ class _Chunks:
     def __init__(self, channel: Channel, hub: Hub | None) -> None:
         self._channel = channel
         self._hub = hub
-        self.taken_at = current_time()
+        self.taken_at = monotonic()
 
     def __aiter__(self) -> _Chunks:
         return self
@@ -344,7 +371,7 @@ class _Chunks:
                 batch = await self._channel.receive()
             except EndOfStream:
                 raise StopAsyncIteration from None
-        self.taken_at = current_time()
+        self.taken_at = monotonic()
         if self._hub is not None:
             self._hub.events_sent += len(batch) - batch.count(HEARTBEAT)
         return batch[0] if len(batch) == 1 else b"".join(batch)

@@ -1,8 +1,19 @@
-"""The implementations compared, each served by hypercorn as ``benchmarks.apps:NAME``.
+"""asgi-sse and the floor, each served by hypercorn as ``benchmarks.apps:NAME``.
 
-All stream the same job: ``n`` progress callbacks with no sleep, each stamped with
-``time.monotonic_ns()`` in the worker, then a result; all emit the same wire format,
-so one client checks them all. ``/?n=100000`` sets the size.
+Every implementation (these and ``alternatives.py``) streams the same job and
+emits the same events, so one client checks them all:
+
+- ``event: progress`` with an ``id`` and ``data: {"step":"step","details":{"i":I,"t":T}}``,
+  where ``i`` counts from 0 in the job and ``t`` is ``time.monotonic_ns()`` taken in
+  the worker thread as the job reports;
+- then ``event: completed`` with ``data: {"events":N,"done":T}``, ``done`` taken when
+  the job returns (the slow-reader scenario compares it with the client's clock);
+- comments (``:``) as heartbeats, when ``hb`` asks for them.
+
+The query string sets the job: ``n`` events, ``interval`` seconds of sleep after
+each, ``hold`` seconds of sleep before returning, ``hb`` heartbeat seconds (0: the
+tool's default). ``BENCH_THREADS`` in the environment sizes the worker threads
+(unset: the tool's default), the same for every implementation in a run.
 """
 
 from __future__ import annotations
@@ -12,53 +23,119 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
 import msgspec
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import StreamingResponse
-from starlette.routing import Route
+from anyio import CapacityLimiter
+from litestar import Litestar, get
+from quart import Quart, request
 
-from asgi_sse import DEFAULT_BUFFER_BYTES, EventStream, EventStreamMiddleware, Job
+from asgi_sse import (
+    DEFAULT_BUFFER_BYTES,
+    EventStream,
+    EventStreamMiddleware,
+    Job,
+    StreamOptions,
+)
+from asgi_sse_litestar import EventStreamResponse as LitestarEventStream
+from asgi_sse_quart import EventStreamResponse as QuartEventStream
 
 BUFFER = int(os.environ.get("ASGI_SSE_BUFFER", str(DEFAULT_BUFFER_BYTES)))
+THREADS = int(os.environ.get("BENCH_THREADS", "0"))
 ProgressCallback = Callable[[str, dict[str, Any]], None]
 
 
-def job(n: int, on_progress: ProgressCallback) -> dict[str, int]:
-    for i in range(n):
+@dataclass(frozen=True)
+class Params:
+    n: int = 1000
+    interval: float = 0.0
+    hold: float = 0.0
+    hb: float = 0.0
+
+    @classmethod
+    def parse(cls, query: bytes | str) -> Params:
+        text = query.decode() if isinstance(query, bytes) else query
+        fields = {k: v[0] for k, v in parse_qs(text).items()}
+        return cls(
+            n=int(fields.get("n", cls.n)),
+            interval=float(fields.get("interval", cls.interval)),
+            hold=float(fields.get("hold", cls.hold)),
+            hb=float(fields.get("hb", cls.hb)),
+        )
+
+
+def job(params: Params, on_progress: ProgressCallback) -> dict[str, int]:
+    """The blocking job every implementation runs."""
+    for i in range(params.n):
         on_progress("step", {"i": i, "t": time.monotonic_ns()})
-    return {"events": n}
+        if params.interval:
+            time.sleep(params.interval)
+    if params.hold:
+        time.sleep(params.hold)
+    return {"events": params.n, "done": time.monotonic_ns()}
 
 
-def _size(query: bytes) -> int:
-    return int(parse_qs(query.decode()).get("n", ["1000"])[0])
-
-
-async def _lifespan(receive: Any, send: Any) -> None:
+async def lifespan(receive: Any, send: Any) -> None:
     while (await receive())["type"] != "lifespan.shutdown":
         await send({"type": "lifespan.startup.complete"})
     await send({"type": "lifespan.shutdown.complete"})
 
 
-# -- 1. asgi-sse -----------------------------------------------------------------
+# -- asgi-sse ----------------------------------------------------------------------
+
+_limiter: CapacityLimiter | None = None
+
+
+def _options(params: Params) -> StreamOptions:
+    """The stream's options for this run: defaults unless the run sets them."""
+    global _limiter
+    options: StreamOptions = {"max_buffer_bytes": BUFFER}
+    if THREADS:
+        _limiter = _limiter or CapacityLimiter(THREADS)  # created on the loop, once
+        options["limiter"] = _limiter
+    if params.hb:
+        options["heartbeat"] = params.hb
+    return options
 
 
 async def asgi_sse(scope: Any, receive: Any, send: Any) -> None:
+    """Raw ASGI: the response is the app."""
     if scope["type"] == "lifespan":
-        return await _lifespan(receive, send)
-    stream = EventStream(Job(job, _size(scope["query_string"])), max_buffer_bytes=BUFFER)
-    return await stream(scope, receive, send)
+        return await lifespan(receive, send)
+    params = Params.parse(scope["query_string"])
+    await EventStream(Job(job, params), **_options(params))(scope, receive, send)
+    return None
 
 
-# The same, under the app-wide middleware (shared limiter, counters, admission).
-asgi_sse_middleware = EventStreamMiddleware(asgi_sse, max_streams=1000)
+# Under the app-wide middleware: as many running streams as threads (40 by
+# default), up to 1000 more waiting, each told its place in line (``queued`` events).
+asgi_sse_middleware = EventStreamMiddleware(
+    asgi_sse, threads=THREADS or 40, max_streams=THREADS or 40, queue=1000
+)
 
 
-# -- 2. the floor: hand-written for this one job, the yardstick -------------------
+@get("/")
+async def _litestar_handler(
+    n: int = 1000, interval: float = 0.0, hold: float = 0.0, hb: float = 0.0
+) -> Any:
+    params = Params(n, interval, hold, hb)
+    return LitestarEventStream(Job(job, params), **_options(params))
+
+
+asgi_sse_litestar = Litestar([_litestar_handler])
+
+asgi_sse_quart = Quart(__name__)
+
+
+@asgi_sse_quart.get("/")
+async def _quart_handler() -> Any:
+    params = Params.parse(request.query_string)
+    return QuartEventStream(Job(job, params), **_options(params))
+
+
+# -- the floor: hand-written for this one job, the yardstick -------------------------
 
 _encode = msgspec.json.Encoder().encode
 _HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
@@ -67,11 +144,12 @@ _HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-con
 async def floor(scope: Any, receive: Any, send: Any) -> None:
     """Thread per request, events encoded in the worker, everything queued in one send.
 
-    No limiter, no backpressure, no disconnect handling, no heartbeat: only speed.
+    No limiter, no backpressure, no disconnect handling: only speed. Heartbeats
+    only when ``hb`` asks, so the fast path stays bare.
     """
     if scope["type"] == "lifespan":
-        return await _lifespan(receive, send)
-    n = _size(scope["query_string"])
+        return await lifespan(receive, send)
+    params = Params.parse(scope["query_string"])
     loop = asyncio.get_running_loop()
     lock = threading.Lock()
     pending: list[bytes] = []
@@ -95,7 +173,7 @@ async def floor(scope: Any, receive: Any, send: Any) -> None:
             data = _encode({"step": step, "details": details})
             push(b"event: progress\nid: %d\ndata: %b\n\n" % (counter, data))
 
-        result = job(n, on_progress)
+        result = job(params, on_progress)
         state["done"] = True
         push(b"event: completed\nid: %d\ndata: %b\n\n" % (counter + 1, _encode(result)))
 
@@ -112,47 +190,12 @@ async def floor(scope: Any, receive: Any, send: Any) -> None:
                 wake.clear()
         if batch:
             await send({"type": "http.response.body", "body": b"".join(batch), "more_body": True})
-        else:
+        elif not params.hb:
             await wake.wait()
+        else:
+            try:
+                await asyncio.wait_for(wake.wait(), params.hb)
+            except asyncio.TimeoutError:
+                await send({"type": "http.response.body", "body": b": ping\n\n", "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return None
-
-
-# -- 3. the common pattern: asyncio.Queue and a polling consumer --------------------
-
-
-async def _queue_endpoint(request: Request) -> StreamingResponse:
-    n = int(request.query_params.get("n", "1000"))
-    queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-    loop = asyncio.get_running_loop()
-
-    def on_progress(step: str, details: dict[str, Any]) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, (step, details))
-
-    async def events() -> Any:
-        task = asyncio.ensure_future(run_in_threadpool(job, n, on_progress))
-        sent = 0
-        while True:
-            try:
-                step, details = await asyncio.wait_for(queue.get(), timeout=0.1)
-            except asyncio.TimeoutError:
-                if task.done():
-                    break
-                continue
-            sent += 1
-            data = msgspec.json.encode({"step": step, "details": details})
-            yield b"event: progress\nid: %d\ndata: %b\n\n" % (sent, data)
-        result = await task
-        yield b"event: completed\nid: %d\ndata: %b\n\n" % (sent + 1, msgspec.json.encode(result))
-
-    return StreamingResponse(events(), media_type="text/event-stream")
-
-
-queue_pattern = Starlette(routes=[Route("/", _queue_endpoint)])
-
-IMPLEMENTATIONS = {
-    "asgi_sse": asgi_sse,
-    "asgi_sse_middleware": asgi_sse_middleware,
-    "floor": floor,
-    "queue_pattern": queue_pattern,
-}

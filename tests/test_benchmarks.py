@@ -1,33 +1,148 @@
-"""The benchmark harness works: a tiny run of every implementation, counted event by event.
+"""The benchmark harness measures what it claims.
 
-Speed is not asserted here (that is `make bench`'s job), only that the harness
-measures what it claims: every event of asgi-sse and of the floor arrives, in order.
+Speed is not asserted here (that is `make bench`'s job). A tiny run of every
+scenario, and of every implementation, goes through real hypercorn processes and
+the real load client; the client's accounting is checked against streams whose
+losses are known.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.client import Stream, _Reader, firehose_body
 
 ROOT = Path(__file__).parent.parent
+SCENARIOS = {"A", "B", "B200", "C1", "C50", "D", "E"}
+IMPLEMENTATIONS = {
+    "floor",
+    "asgi_sse",
+    "asgi_sse_middleware",
+    "asgi_sse_litestar",
+    "asgi_sse_quart",
+    "queue_pattern",
+    "sse_starlette",
+    "litestar_sse",
+    "quart_generator",
+}
 
 
-def test_a_smoke_run_of_every_implementation_counts_every_event() -> None:
-    output = subprocess.run(
-        [sys.executable, "benchmarks/throughput.py", "--events", "3000", "--runs", "1", "--json"],
+def _run(tmp_path: Path, *args: str) -> dict[str, Any]:
+    out = tmp_path / "results.json"
+    subprocess.run(
+        [sys.executable, "benchmarks/run.py", "--smoke", "--out", str(out), *args],
         cwd=ROOT,
-        capture_output=True,
-        text=True,
         check=True,
-        timeout=120,
-    ).stdout
-    runs = {run["name"]: run for run in json.loads(output)}
-    assert set(runs) == {"floor", "asgi_sse", "asgi_sse_middleware", "queue_pattern"}
+        timeout=150,
+    )
+    document: dict[str, Any] = json.loads(out.read_text())
+    return document
+
+
+def _read(chunks: list[bytes], n: int) -> Stream:
+    """Feed a response to the client's reader in these chunks."""
+    loop = asyncio.new_event_loop()
+    try:
+        stream = Stream(n)
+        reader = _Reader(stream, latency=True, pace=0, done=loop.create_future())
+        for chunk in chunks:
+            reader.data_received(chunk)
+        return stream
+    finally:
+        loop.close()
+
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n"
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_the_client_counts_the_same_at_every_chunk_boundary(crlf: bool) -> None:
+    events = b": ping\n\n" + firehose_body(5)
+    body = HEAD + (events.replace(b"\n", b"\r\n") if crlf else events)
+    whole = _read([body], 5)
+    assert (whole.received, whole.disorder, whole.lost, whole.completed) == (5, 0, 0, True)
+    assert len(whole.latencies) == 5
+    assert len(whole.heartbeats) == 1
+    for cut in range(1, len(body)):
+        split = _read([body[:cut], body[cut:]], 5)
+        assert (split.received, split.lost, split.completed, len(split.heartbeats)) == (
+            5,
+            0,
+            True,
+            1,
+        ), cut
+
+
+def test_the_client_reports_gaps_as_lost_and_steps_back_as_disorder() -> None:
+    events = firehose_body(6).split(b"\n\n")  # six progress events, completed, ""
+    # i = 0, 1, 3, 2, 5: the 4 is missing, the 2 comes after the 3
+    reordered = [events[i] for i in (0, 1, 3, 2, 5, 6)]
+    stream = _read([HEAD + b"\n\n".join(reordered) + b"\n\n"], 6)
+    assert (stream.received, stream.lost, stream.disorder, stream.completed) == (4, 2, 1, True)
+
+
+def test_the_client_sees_a_bridge_confess_what_it_left_behind() -> None:
+    events = firehose_body(3).split(b"\n\n")
+    body = b"\n\n".join([events[0], b": abandoned 2", events[3]]) + b"\n\n"
+    stream = _read([HEAD + body], 3)
+    assert (stream.received, stream.lost, stream.abandoned, stream.heartbeats) == (1, 2, 2, [])
+
+
+def test_every_scenario_runs_small_and_asgi_sse_loses_nothing(tmp_path: Path) -> None:
+    document = _run(tmp_path, "--only", "floor", "asgi_sse")
+    runs = {(run["scenario"], run["name"]): run for run in document["runs"]}
+    assert set(runs) == {(s, name) for s in SCENARIOS for name in ("floor", "asgi_sse")}
+    for (scenario, name), run in runs.items():
+        assert run["events"] == run["expected"] > 0, (scenario, name)
+        assert (run["lost"], run["disorder"], run["unfinished"], run["not_200"]) == (0, 0, 0, 0)
+        assert run["server_cpu_s"] >= 0
+        assert run["rss_peak_mib"] >= run["rss_before_mib"] > 0
+        assert run["ttfb_ms"]["p99"] is not None
     for name in ("floor", "asgi_sse"):
-        assert runs[name]["events"] == 3000, runs[name]
-        assert runs[name]["lost"] == 0
-        assert runs[name]["completed"]
-    assert runs["queue_pattern"]["completed"]  # it may lose events under load, not here
-    assert all(run["server_cpu"] >= 0 and run["peak_rss_mib"] > 0 for run in runs.values())
+        for scenario in ("A", "B", "B200"):  # latency is measured where asked for, and only there
+            assert runs[scenario, name]["latency_us"]["p50"] > 0
+        assert runs["C1", name]["latency_us"]["p50"] is None
+        assert runs["D", name]["heartbeats"] > 0  # idle streams are kept alive
+        assert runs["D", name]["jitter_ms"]["p50"] is not None
+        assert runs["E", name]["job_done_at"] is not None
+    assert all(c["lost"] == 0 and c["rate"] > 0 for c in document["calibration"])
+
+    # The report turns it into a page with every section and its charts.
+    subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/report.py",
+            "--results",
+            str(tmp_path / "results.json"),
+            "--out",
+            str(tmp_path / "docs"),
+        ],
+        cwd=ROOT,
+        check=True,
+        timeout=60,
+    )
+    page = (tmp_path / "docs/benchmark-results.md").read_text()
+    assert "A smoke run" in page
+    for heading in ("## Targets", "## The client's ceiling", *(f"## {s}," for s in SCENARIOS)):
+        assert heading in page
+    for chart in ("latency", "throughput", "cpu", "memory"):
+        assert f"](benchmarks/{chart}.png)" in page
+        assert (tmp_path / f"docs/benchmarks/{chart}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_implementation_streams_the_shared_job(tmp_path: Path) -> None:
+    document = _run(tmp_path, "--scenarios", "C50")
+    runs = {run["name"]: run for run in document["runs"]}
+    assert set(runs) == IMPLEMENTATIONS
+    for name, run in runs.items():
+        assert run["unfinished"] == run["disorder"] == run["not_200"] == 0, name
+        # Only the polling bridge may lose events, and then it says how many it left.
+        expected_loss = run["abandoned"] if name == "queue_pattern" else 0
+        assert run["lost"] == expected_loss, name

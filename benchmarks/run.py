@@ -1,0 +1,375 @@
+"""The benchmark suite: scenarios A to E for every implementation, raw results as JSON.
+
+    python benchmarks/run.py                  # everything, 3 runs each (make bench)
+    python benchmarks/run.py --smoke          # tiny sizes, proves the harness (make test)
+    python benchmarks/run.py --scenarios A C1 --only floor asgi_sse --runs 5
+
+Each implementation is served by hypercorn (one worker, asyncio) in a fresh
+process per scenario, pinned to core 0; this process is the client, on core 1.
+Server CPU and memory come from /proc, so they cover the whole server process.
+Every run is bounded by its scenario's deadline; what has not finished by then
+is cut and counted as unfinished. ``report.py`` turns the JSON into tables and
+charts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from client import Stream, load
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULES = {
+    "floor": "apps",
+    "asgi_sse": "apps",
+    "asgi_sse_middleware": "apps",
+    "asgi_sse_litestar": "apps",
+    "asgi_sse_quart": "apps",
+    "queue_pattern": "alternatives",
+    "sse_starlette": "alternatives",
+    "litestar_sse": "alternatives",
+    "quart_generator": "alternatives",
+}
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    streams: int
+    n: int
+    interval: float = 0.0  # seconds between events
+    hold: float = 0.0  # seconds the job blocks after its events
+    hb: float = 0.0  # heartbeat seconds (0: each tool's default)
+    threads: int = 0  # worker threads for every tool (0: each tool's default)
+    latency: bool = False
+    pace: float = 0.0  # the client reads at most this many bytes/s (0: at once)
+    rcvbuf: int = 0
+    deadline: float = 120.0
+    only: tuple[str, ...] = ()  # implementations for this scenario (default: all but extras)
+
+    @property
+    def query(self) -> str:
+        parts = {"n": self.n, "interval": self.interval, "hold": self.hold, "hb": self.hb}
+        return "/?" + "&".join(f"{key}={value:g}" for key, value in parts.items() if value)
+
+
+_ALL = tuple(name for name in MODULES if name != "asgi_sse_middleware")
+SCENARIOS = {
+    "A": Scenario("A", "latency: 1 stream, 2000 events 2 ms apart", 1, 2000, 0.002, latency=True),
+    "B": Scenario(
+        "B",
+        "latency under load: 200 streams x 100 events 20 ms apart",
+        200,
+        100,
+        0.02,
+        latency=True,
+        only=(*_ALL, "asgi_sse_middleware"),
+    ),
+    "B200": Scenario(
+        "B200",
+        "latency at equal load: B with 200 threads for every tool, so every job runs at once",
+        200,
+        100,
+        0.02,
+        threads=200,
+        latency=True,
+        only=(*_ALL, "asgi_sse_middleware"),
+    ),
+    "C1": Scenario("C1", "throughput: 1 stream x 100,000 events, no sleep", 1, 100_000),
+    "C50": Scenario(
+        "C50",
+        "throughput: 50 streams x 5,000 events, no sleep",
+        50,
+        5000,
+        only=(*_ALL, "asgi_sse_middleware"),
+    ),
+    "D": Scenario(
+        "D",
+        "scale: 1000 idle streams, heartbeat 1 s, job blocks 10 s",
+        1000,
+        1,
+        hold=10,
+        hb=1,
+        threads=1000,
+        deadline=60,
+    ),
+    "E": Scenario(
+        "E",
+        "slow reader: 1 stream x 200,000 events (15 MB) read at 2 MB/s",
+        1,
+        200_000,
+        pace=2_000_000,
+        rcvbuf=16384,
+        deadline=60,
+    ),
+}
+SMOKE = {
+    "A": {"n": 50},
+    "B": {"streams": 10, "n": 5},
+    "B200": {"streams": 10, "n": 5, "threads": 10},
+    "C1": {"n": 2000},
+    "C50": {"streams": 5, "n": 200},
+    "D": {"streams": 20, "hold": 1.2, "hb": 0.3, "threads": 20},
+    "E": {"n": 3000, "pace": 200_000},
+}
+
+
+# -- the server process ----------------------------------------------------------------
+
+
+def _tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid] + [p for child in children for p in _tree(int(child))]
+
+
+def server_cpu(pid: int) -> float:
+    total = 0
+    for member in _tree(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / _TICK
+
+
+def server_rss(pid: int) -> int:
+    return sum(int(Path(f"/proc/{p}/statm").read_text().split()[1]) for p in _tree(pid)) * _PAGE
+
+
+# Decided before this process moves itself to core 1.
+PINNED = {0, 1} <= os.sched_getaffinity(0) and shutil.which("taskset") is not None
+
+
+@contextmanager
+def serve(name: str, threads: int) -> Iterator[tuple[int, int]]:
+    """hypercorn serving ``name`` on a socket bound here: yields (port, pid)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    pin = ["taskset", "-c", "0"] if PINNED else []
+    command = [sys.executable, "-m", "hypercorn", f"benchmarks.{MODULES[name]}:{name}"]
+    options = ["--workers", "1", "--backlog", "2048", "--log-level", "WARNING"]
+    server = subprocess.Popen(
+        [*pin, *command, *options, "--bind", f"fd://{sock.fileno()}"],
+        cwd=ROOT,
+        pass_fds=[sock.fileno()],
+        env=os.environ | {"BENCH_THREADS": str(threads)},
+    )
+    port = sock.getsockname()[1]
+    sock.close()
+    try:
+        yield port, server.pid
+    finally:
+        server.terminate()
+        server.wait(15)
+
+
+# -- one run ----------------------------------------------------------------------------
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarise(scenario: Scenario, streams: list[Stream]) -> dict[str, Any]:
+    """One run's figures: counts, then distributions in us or ms."""
+    latencies = [x / 1e3 for s in streams for x in s.latencies]
+    ttfb = [(s.first_byte - s.started) / 1e6 for s in streams if s.first_byte]
+    ttfe = [(s.first_event - s.started) / 1e6 for s in streams if s.first_event]
+    jitter = [
+        abs((later - earlier) / 1e6 - scenario.hb * 1e3)
+        for s in streams
+        for earlier, later in zip(s.heartbeats[1:], s.heartbeats[2:], strict=False)
+    ]
+    lead = [(s.ended - s.done) / 1e9 for s in streams if s.done]
+    held = [(s.done - s.started) / (s.ended - s.started) for s in streams if s.done]
+    return {
+        "expected": scenario.streams * scenario.n,
+        "events": sum(s.received for s in streams),
+        "lost": sum(s.lost for s in streams),
+        "disorder": sum(s.disorder for s in streams),
+        "unfinished": sum(not s.completed for s in streams),
+        "abandoned": sum(s.abandoned for s in streams),
+        "not_200": sum(not s.status.startswith(b"HTTP/1.1 200") for s in streams),
+        "errors": sorted({s.error for s in streams if s.error})[:3],
+        "bytes": sum(s.bytes for s in streams),
+        "wall_s": (max(s.ended for s in streams) - min(s.started for s in streams)) / 1e9,
+        "latency_us": {q: _pct(latencies, v) for q, v in _QUANTILES.items()},
+        "ttfb_ms": {q: _pct(ttfb, v) for q, v in _QUANTILES.items()},
+        "ttfe_ms": {q: _pct(ttfe, v) for q, v in _QUANTILES.items()},
+        "heartbeats": sum(len(s.heartbeats) for s in streams),
+        "jitter_ms": {q: _pct(jitter, v) for q, v in _QUANTILES.items()},
+        "job_lead_s": _pct(lead, 0.5),  # how long before the client's end the job had finished
+        "job_done_at": _pct(held, 0.5),  # ... as a share of the stream's time (1.0: held back)
+    }
+
+
+_QUANTILES = {"p50": 0.5, "p99": 0.99, "max": 1.0}
+
+
+async def one_run(scenario: Scenario, port: int, pid: int) -> dict[str, Any]:
+    rss_before, cpu_before = server_rss(pid), server_cpu(pid)
+    client_before = time.process_time()
+    peak = rss_before
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, server_rss(pid))
+            await asyncio.sleep(0.02)
+
+    sampler = asyncio.ensure_future(sample())
+    try:
+        streams = await load(
+            port,
+            scenario.query,
+            streams=scenario.streams,
+            n=scenario.n,
+            deadline=scenario.deadline,
+            latency=scenario.latency,
+            pace=scenario.pace,
+            rcvbuf=scenario.rcvbuf,
+        )
+    finally:
+        sampler.cancel()
+    peak = max(peak, server_rss(pid))
+    summary = summarise(scenario, streams)
+    events = max(summary["events"], 1)
+    return summary | {
+        "rate": summary["events"] / summary["wall_s"],
+        "server_cpu_s": server_cpu(pid) - cpu_before,
+        "server_us_per_event": (server_cpu(pid) - cpu_before) / events * 1e6,
+        "client_cpu_share": (time.process_time() - client_before) / summary["wall_s"],
+        "client_us_per_event": (time.process_time() - client_before) / events * 1e6,
+        "rss_before_mib": rss_before / 2**20,
+        "rss_peak_mib": peak / 2**20,
+        "rss_per_stream_kib": (peak - rss_before) / scenario.streams / 1024,
+    }
+
+
+def measure(scenario: Scenario, name: str, runs: int) -> list[dict[str, Any]]:
+    """A fresh server for this scenario: one warm-up stream, then ``runs`` runs."""
+    results = []
+    with serve(name, scenario.threads) as (port, pid):
+        (warm,) = asyncio.run(load(port, "/?n=200", streams=1, n=200, deadline=30))
+        if not warm.completed:
+            raise RuntimeError(f"{name} failed its warm-up stream: {warm.error or warm.status!r}")
+        for index in range(runs):
+            result = asyncio.run(one_run(scenario, port, pid))
+            results.append({"name": name, "scenario": scenario.key, "run": index} | result)
+            print(
+                f"{scenario.key:>3} {name:<20} run {index + 1}/{runs}:"
+                f" {result['events']:>7}/{result['expected']} events, lost {result['lost']},"
+                f" unfinished {result['unfinished']}, {result['rate']:,.0f} events/s,"
+                f" p50 {result['latency_us']['p50'] or 0:,.0f} us",
+                file=sys.stderr,
+                flush=True,
+            )
+    return results
+
+
+def calibrate(events: int, streams: int) -> dict[str, Any]:
+    """The client against a server that costs nothing: the client's own ceiling."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    pin = ["taskset", "-c", "0"] if PINNED else []
+    command = [sys.executable, "benchmarks/client.py", "--firehose", str(sock.fileno())]
+    server = subprocess.Popen([*pin, *command], cwd=ROOT, pass_fds=[sock.fileno()])
+    port = sock.getsockname()[1]
+    sock.close()
+    try:
+        path = f"/?n={events}"
+        asyncio.run(load(port, path, streams=streams, n=events, deadline=60))  # builds the body
+        cpu = time.process_time()
+        found = asyncio.run(load(port, path, streams=streams, n=events, deadline=60))
+        cpu = time.process_time() - cpu
+    finally:
+        server.terminate()
+        server.wait(15)
+    received = sum(s.received for s in found)
+    wall = (max(s.ended for s in found) - min(s.started for s in found)) / 1e9
+    return {
+        "streams": streams,
+        "events": received,
+        "lost": streams * events - received,
+        "rate": received / wall,
+        "client_cpu_share": cpu / wall,
+        "client_us_per_event": cpu / received * 1e6,
+    }
+
+
+def meta(argv: list[str], smoke: bool) -> dict[str, Any]:
+    packages = ["hypercorn", "anyio", "msgspec", "starlette", "fastapi", "sse-starlette"]
+    packages += ["litestar", "quart", "asgi-sse"]
+    return {
+        "command": " ".join(["python", "benchmarks/run.py", *argv]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "smoke": smoke,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PHYS_PAGES') * _PAGE / 2**30:.0f} GiB, {platform.platform()}",
+        "pinned": PINNED,
+        "versions": {package: version(package) for package in packages},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenarios", nargs="*", choices=list(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--only", nargs="*", choices=list(MODULES), default=list(MODULES))
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/results.json")
+    args = parser.parse_args()
+    if PINNED:
+        os.sched_setaffinity(0, {1})  # the server gets core 0
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1000 streams, both ends
+
+    runs = 1 if args.smoke else args.runs
+    calibration = [calibrate(2000 if args.smoke else 100_000, 1)]
+    calibration.append(calibrate(200 if args.smoke else 5000, 5 if args.smoke else 50))
+    results, scenarios = [], {}
+    for key in args.scenarios:
+        scenario = SCENARIOS[key]
+        if args.smoke:
+            scenario = replace(scenario, **SMOKE[key])  # type: ignore[arg-type]
+        scenarios[key] = asdict(scenario)
+        for name in args.only:
+            if name in (scenario.only or _ALL):
+                results += measure(scenario, name, runs)
+    document = {
+        "meta": meta(sys.argv[1:], args.smoke),
+        "scenarios": scenarios,
+        "calibration": calibration,
+        "runs": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=1) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
