@@ -26,7 +26,6 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from functools import partial
-from time import monotonic
 from typing import Any, TypedDict
 
 from anyio import (
@@ -35,6 +34,7 @@ from anyio import (
     EndOfStream,
     Event,
     create_task_group,
+    current_time,
     get_cancelled_exc_class,
     move_on_after,
     sleep,
@@ -101,7 +101,8 @@ class EventStream:
       before the producer waits; what one slow client can cost in memory.
     - ``heartbeat``: seconds of silence before a ``: ping`` comment, or ``None``.
     - ``send_timeout``: seconds a single send may take before the client counts
-      as gone (it stopped reading), or ``None`` to wait forever.
+      as gone (it stopped reading; it is noticed within a quarter more), or
+      ``None`` to wait forever.
     - ``encoder``: an :class:`Encoder`, e.g. one that transliterates.
     - ``on_error``: turns the job's exception into the ``error`` event's data
       (the default names the exception type and nothing more).
@@ -237,8 +238,10 @@ class EventStream:
                     # out): say so, so no client takes the cut for a finished job.
                     rest = channel.take_rest()
                     rest.append(self._farewell(channel))
-                    with move_on_after(self.send_timeout, shield=True):
+                    with move_on_after(self.send_timeout, shield=True) as last:
                         await send({"type": "http.response.body", "body": b"".join(rest)})
+                    if last.cancelled_caught:
+                        _timed_out(self.send_timeout, hub)
                 raise
         ended.set()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -288,17 +291,20 @@ class EventStream:
         sender: _Sender, limit: float, ended: Event, scope: CancelScope, hub: Hub | None
     ) -> None:
         """End the stream once a single send has taken ``limit`` seconds: the
-        client stopped reading. One sleeping task times every send, because a
-        cancel scope per send costs more than the rest of an idle event's path."""
+        client stopped reading. One task times every send, because a cancel scope
+        per send costs more than the rest of an idle event's path. It looks four
+        times per ``limit``, so a stuck send ends after 1 to 1.25 times ``limit``."""
+        watched, since = -1, 0.0  # the send in progress at the last look, and when seen
         while True:
-            since = sender.since
-            left = limit if since is None else since + limit - monotonic()
-            if left <= 0:
+            await sleep(limit / 4)
+            now = current_time()
+            if not sender.busy:
+                watched = -1
+            elif sender.sends != watched:
+                watched, since = sender.sends, now
+            elif now - since >= limit:  # it began before it was first seen
                 break
-            await sleep(left)
-        logger.warning("event stream send timed out after %ss; closing the stream", limit)
-        if hub is not None:
-            hub.send_timeouts += 1
+        _timed_out(limit, hub)
         ended.set()
         scope.cancel()
 
@@ -321,7 +327,7 @@ class EventStream:
         the only sender and the send timeout covers heartbeats too.
         """
         while True:
-            idle = monotonic() - chunks.taken_at
+            idle = current_time() - chunks.taken_at
             if idle >= interval:
                 channel.put_nowait(HEARTBEAT)
                 idle = 0.0
@@ -329,25 +335,34 @@ class EventStream:
 
 
 class _Sender:
-    """The ASGI ``send``, noting when the send in progress began (for the
-    watchdog) and answering False for a connection the server says is closed."""
+    """The ASGI ``send``, counting sends and noting one in progress (for the
+    watchdog: a counter is cheaper than a clock) and answering False for a
+    connection the server says is closed."""
 
-    __slots__ = ("_send", "since")
+    __slots__ = ("_send", "busy", "sends")
 
     def __init__(self, send: Send) -> None:
         self._send = send
-        self.since: float | None = None
+        self.sends = 0
+        self.busy = False
 
     async def __call__(self, message: Message) -> bool:
-        self.since = monotonic()
+        self.sends += 1
+        self.busy = True
         try:
             await self._send(message)
         except OSError as exc:  # ASGI: a server may raise it for a closed connection
             logger.debug("event stream send failed: %r", exc)
             return False
         finally:
-            self.since = None
+            self.busy = False
         return True
+
+
+def _timed_out(limit: float | None, hub: Hub | None) -> None:
+    logger.warning("event stream send timed out after %ss; closing the stream", limit)
+    if hub is not None:
+        hub.send_timeouts += 1
 
 
 class _Chunks:
@@ -359,7 +374,7 @@ class _Chunks:
     def __init__(self, channel: Channel, hub: Hub | None) -> None:
         self._channel = channel
         self._hub = hub
-        self.taken_at = monotonic()
+        self.taken_at = current_time()
 
     def __aiter__(self) -> _Chunks:
         return self
@@ -371,7 +386,7 @@ class _Chunks:
                 batch = await self._channel.receive()
             except EndOfStream:
                 raise StopAsyncIteration from None
-        self.taken_at = monotonic()
+        self.taken_at = current_time()
         if self._hub is not None:
             self._hub.events_sent += len(batch) - batch.count(HEARTBEAT)
         return batch[0] if len(batch) == 1 else b"".join(batch)

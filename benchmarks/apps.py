@@ -156,9 +156,10 @@ async def floor(scope: Any, receive: Any, send: Any) -> None:
     wake = asyncio.Event()
     state = {"waiting": False, "done": False}
 
-    def push(chunk: bytes) -> None:
+    def push(chunk: bytes, last: bool = False) -> None:
         with lock:
             pending.append(chunk)
+            state["done"] = last  # with the last chunk, in one step: the loop sees both or neither
             if not state["waiting"]:
                 return
             state["waiting"] = False
@@ -174,8 +175,7 @@ async def floor(scope: Any, receive: Any, send: Any) -> None:
             push(b"event: progress\nid: %d\ndata: %b\n\n" % (counter, data))
 
         result = job(params, on_progress)
-        state["done"] = True
-        push(b"event: completed\nid: %d\ndata: %b\n\n" % (counter + 1, _encode(result)))
+        push(b"event: completed\nid: %d\ndata: %b\n\n" % (counter + 1, _encode(result)), last=True)
 
     await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
     threading.Thread(target=run, daemon=True).start()

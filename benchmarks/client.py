@@ -37,6 +37,7 @@ class Stream:
     status: bytes = b""
     first_byte: int = 0
     first_event: int = 0
+    first_frame: int = 0  # the first whole SSE block of any kind (a heartbeat, ``queued``)
     ended: int = 0
     received: int = 0  # progress events in order (gaps allowed: they count as lost)
     next_i: int = 0  # the job's counter expected next
@@ -96,22 +97,15 @@ class _Reader(asyncio.Protocol):
 
     def _events(self, whole: bytes, now: int) -> None:
         stream = self.stream
+        if not stream.first_frame:
+            stream.first_frame = now
         pairs = _PAIR.findall(whole)
-        if pairs:
+        if pairs and stream.completed:  # nothing may follow the terminal event
+            stream.disorder += len(pairs)
+        elif pairs:
             if not stream.first_event:
                 stream.first_event = now
-            first = stream.next_i
-            counters = [int(i) for i, _ in pairs]
-            if counters == list(range(first, first + len(counters))):
-                stream.received += len(counters)
-                stream.next_i += len(counters)
-            else:  # a gap skips ahead (the gap is lost); a step back is disorder
-                for i in counters:
-                    if i >= stream.next_i:
-                        stream.received += 1
-                        stream.next_i = i + 1
-                    else:
-                        stream.disorder += 1
+            self._count([int(i) for i, _ in pairs])
             if self.latency:
                 stream.latencies += [now - int(t) for _, t in pairs]
         if whole.startswith(b":") or b"\n:" in whole:
@@ -120,9 +114,26 @@ class _Reader(asyncio.Protocol):
             if abandoned:
                 stream.abandoned = int(abandoned[1])
         if b"event: completed" in whole:
+            stream.disorder += stream.completed + whole.count(b"event: completed") - 1
             stream.completed = True
             done = _DONE.search(whole)
             stream.done = int(done[1]) if done else 0
+
+    def _count(self, counters: list[int]) -> None:
+        """The job's counters in arrival order: a gap skips ahead (what it skips is
+        lost), a step back is disorder."""
+        stream = self.stream
+        first = stream.next_i
+        if counters == list(range(first, first + len(counters))):
+            stream.received += len(counters)
+            stream.next_i += len(counters)
+            return
+        for i in counters:
+            if i >= stream.next_i:
+                stream.received += 1
+                stream.next_i = i + 1
+            else:
+                stream.disorder += 1
 
     def _resume(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -168,11 +179,14 @@ async def load(
 ) -> list[Stream]:
     """Open ``streams`` streams at once and read them all to the end, or until
     ``deadline`` seconds, when the rest are cut and show as unfinished."""
-    opened = await asyncio.gather(
-        *(
-            open_stream(port, path, n, latency=latency, pace=pace, rcvbuf=rcvbuf)
-            for _ in range(streams)
-        )
+    opened = await asyncio.wait_for(
+        asyncio.gather(
+            *(
+                open_stream(port, path, n, latency=latency, pace=pace, rcvbuf=rcvbuf)
+                for _ in range(streams)
+            )
+        ),
+        deadline,
     )
     futures = [future for _, future, _ in opened]
     _, pending = await asyncio.wait(futures, timeout=deadline)

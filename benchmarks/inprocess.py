@@ -3,6 +3,7 @@
     python benchmarks/inprocess.py              # asgi-sse, by buffer size
     python benchmarks/inprocess.py --round-trip # one from_thread.run_sync per event
     python benchmarks/inprocess.py --latency    # an idle stream's latency, vs the floor
+    python benchmarks/inprocess.py --setup      # event-loop CPU to set up and end a stream
 
 The second line is why the bridge batches and never waits for the loop: it is
 the ceiling of a design that crosses into the loop once per event. The third
@@ -88,12 +89,35 @@ async def latency(rounds: int) -> None:
         print(f"{name:>8} p50/p99 us per round: {'  '.join(figures)}")
 
 
+async def setup(streams: int) -> None:
+    """CPU per stream for ``streams`` concurrent one-event streams: what a burst of
+    new connections costs the event loop beyond the server's own share."""
+    scope = {"type": "http", "query_string": b"n=1", "headers": []}
+
+    async def receive() -> Any:
+        await anyio.sleep_forever()
+
+    async def send(message: Any) -> None:
+        pass
+
+    for name, app in (("floor", floor), ("asgi_sse", asgi_sse)) * 2:
+        cpu = time.process_time()
+        async with anyio.create_task_group() as tg:
+            for _ in range(streams):
+                tg.start_soon(app, scope, receive, send)
+        print(f"{name:>8}: {(time.process_time() - cpu) / streams * 1e6:.0f} us CPU per stream")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--round-trip", action="store_true")
     parser.add_argument("--latency", type=int, metavar="ROUNDS", nargs="?", const=6)
+    parser.add_argument("--setup", type=int, metavar="STREAMS", nargs="?", const=200)
     args = parser.parse_args()
+    if args.setup:
+        anyio.run(setup, args.setup)
+        return
     if args.latency:
         anyio.run(latency, args.latency)
         return

@@ -21,11 +21,12 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -172,14 +173,25 @@ def serve(name: str, threads: int) -> Iterator[tuple[int, int]]:
         cwd=ROOT,
         pass_fds=[sock.fileno()],
         env=os.environ | {"BENCH_THREADS": str(threads)},
+        start_new_session=True,  # its own process group: stopped with its worker
     )
     port = sock.getsockname()[1]
     sock.close()
     try:
         yield port, server.pid
     finally:
-        server.terminate()
+        _stop(server)
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    """Stop a server and its worker, killing them if they do not stop (a run must
+    end by itself)."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
         server.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 # -- one run ----------------------------------------------------------------------------
@@ -197,10 +209,11 @@ def summarise(scenario: Scenario, streams: list[Stream]) -> dict[str, Any]:
     latencies = [x / 1e3 for s in streams for x in s.latencies]
     ttfb = [(s.first_byte - s.started) / 1e6 for s in streams if s.first_byte]
     ttfe = [(s.first_event - s.started) / 1e6 for s in streams if s.first_event]
+    ttff = [(s.first_frame - s.started) / 1e6 for s in streams if s.first_frame]
     jitter = [
         abs((later - earlier) / 1e6 - scenario.hb * 1e3)
         for s in streams
-        for earlier, later in zip(s.heartbeats[1:], s.heartbeats[2:], strict=False)
+        for earlier, later in zip(s.heartbeats, s.heartbeats[1:], strict=False)
     ]
     lead = [(s.ended - s.done) / 1e9 for s in streams if s.done]
     held = [(s.done - s.started) / (s.ended - s.started) for s in streams if s.done]
@@ -218,6 +231,7 @@ def summarise(scenario: Scenario, streams: list[Stream]) -> dict[str, Any]:
         "latency_us": {q: _pct(latencies, v) for q, v in _QUANTILES.items()},
         "ttfb_ms": {q: _pct(ttfb, v) for q, v in _QUANTILES.items()},
         "ttfe_ms": {q: _pct(ttfe, v) for q, v in _QUANTILES.items()},
+        "ttff_ms": {q: _pct(ttff, v) for q, v in _QUANTILES.items()},
         "heartbeats": sum(len(s.heartbeats) for s in streams),
         "jitter_ms": {q: _pct(jitter, v) for q, v in _QUANTILES.items()},
         "job_lead_s": _pct(lead, 0.5),  # how long before the client's end the job had finished
@@ -268,25 +282,30 @@ async def one_run(scenario: Scenario, port: int, pid: int) -> dict[str, Any]:
     }
 
 
-def measure(scenario: Scenario, name: str, runs: int) -> list[dict[str, Any]]:
-    """A fresh server for this scenario: one warm-up stream, then ``runs`` runs."""
-    results = []
+def measure(scenario: Scenario, name: str, index: int, runs: int) -> dict[str, Any]:
+    """One run on a fresh server (so no run inherits another's memory), after a
+    warm-up stream."""
     with serve(name, scenario.threads) as (port, pid):
         (warm,) = asyncio.run(load(port, "/?n=200", streams=1, n=200, deadline=30))
         if not warm.completed:
             raise RuntimeError(f"{name} failed its warm-up stream: {warm.error or warm.status!r}")
-        for index in range(runs):
-            result = asyncio.run(one_run(scenario, port, pid))
-            results.append({"name": name, "scenario": scenario.key, "run": index} | result)
-            print(
-                f"{scenario.key:>3} {name:<20} run {index + 1}/{runs}:"
-                f" {result['events']:>7}/{result['expected']} events, lost {result['lost']},"
-                f" unfinished {result['unfinished']}, {result['rate']:,.0f} events/s,"
-                f" p50 {result['latency_us']['p50'] or 0:,.0f} us",
-                file=sys.stderr,
-                flush=True,
-            )
-    return results
+        result = asyncio.run(one_run(scenario, port, pid))
+    print(
+        f"{scenario.key:>4} {name:<20} run {index + 1}/{runs}:"
+        f" {result['events']:>7}/{result['expected']} events, lost {result['lost']},"
+        f" unfinished {result['unfinished']}, {result['rate']:,.0f} events/s,"
+        f" p50 {result['latency_us']['p50'] or 0:,.0f} us",
+        file=sys.stderr,
+        flush=True,
+    )
+    return {"name": name, "scenario": scenario.key, "run": index} | result
+
+
+async def _timed(load: Awaitable[list[Stream]]) -> tuple[list[Stream], float]:
+    """The streams and this process's CPU seconds for them, loop set-up left out."""
+    cpu = time.process_time()
+    streams = await load
+    return streams, time.process_time() - cpu
 
 
 def calibrate(events: int, streams: int) -> dict[str, Any]:
@@ -296,18 +315,17 @@ def calibrate(events: int, streams: int) -> dict[str, Any]:
     sock.listen(2048)
     pin = ["taskset", "-c", "0"] if PINNED else []
     command = [sys.executable, "benchmarks/client.py", "--firehose", str(sock.fileno())]
-    server = subprocess.Popen([*pin, *command], cwd=ROOT, pass_fds=[sock.fileno()])
+    server = subprocess.Popen(
+        [*pin, *command], cwd=ROOT, pass_fds=[sock.fileno()], start_new_session=True
+    )
     port = sock.getsockname()[1]
     sock.close()
     try:
         path = f"/?n={events}"
         asyncio.run(load(port, path, streams=streams, n=events, deadline=60))  # builds the body
-        cpu = time.process_time()
-        found = asyncio.run(load(port, path, streams=streams, n=events, deadline=60))
-        cpu = time.process_time() - cpu
+        found, cpu = asyncio.run(_timed(load(port, path, streams=streams, n=events, deadline=60)))
     finally:
-        server.terminate()
-        server.wait(15)
+        _stop(server)
     received = sum(s.received for s in found)
     wall = (max(s.ended for s in found) - min(s.started for s in found)) / 1e9
     return {
@@ -357,9 +375,9 @@ def main() -> None:
         if args.smoke:
             scenario = replace(scenario, **SMOKE[key])  # type: ignore[arg-type]
         scenarios[key] = asdict(scenario)
-        for name in args.only:
-            if name in (scenario.only or _ALL):
-                results += measure(scenario, name, runs)
+        names = [name for name in args.only if name in (scenario.only or _ALL)]
+        for index in range(runs):  # rounds, so drift over time spreads over every implementation
+            results += [measure(scenario, name, index, runs) for name in names]
     document = {
         "meta": meta(sys.argv[1:], args.smoke),
         "scenarios": scenarios,

@@ -95,6 +95,7 @@ def test_the_client_sees_a_bridge_confess_what_it_left_behind() -> None:
     assert (stream.received, stream.lost, stream.abandoned, stream.heartbeats) == (1, 2, 2, [])
 
 
+@pytest.mark.timeout(180)
 def test_every_scenario_runs_small_and_asgi_sse_loses_nothing(tmp_path: Path) -> None:
     document = _run(tmp_path, "--only", "floor", "asgi_sse")
     runs = {(run["scenario"], run["name"]): run for run in document["runs"]}
@@ -102,9 +103,9 @@ def test_every_scenario_runs_small_and_asgi_sse_loses_nothing(tmp_path: Path) ->
     for (scenario, name), run in runs.items():
         assert run["events"] == run["expected"] > 0, (scenario, name)
         assert (run["lost"], run["disorder"], run["unfinished"], run["not_200"]) == (0, 0, 0, 0)
-        assert run["server_cpu_s"] >= 0
-        assert run["rss_peak_mib"] >= run["rss_before_mib"] > 0
-        assert run["ttfb_ms"]["p99"] is not None
+        assert run["rss_before_mib"] > 10  # a Python server's memory, read from /proc
+        # Headers come before the first whole frame, which comes no later than the first event.
+        assert 0 < run["ttfb_ms"]["p50"] <= run["ttff_ms"]["p50"] <= run["ttfe_ms"]["p50"]
     for name in ("floor", "asgi_sse"):
         for scenario in ("A", "B", "B200"):  # latency is measured where asked for, and only there
             assert runs[scenario, name]["latency_us"]["p50"] > 0
@@ -137,6 +138,7 @@ def test_every_scenario_runs_small_and_asgi_sse_loses_nothing(tmp_path: Path) ->
         assert (tmp_path / f"docs/benchmarks/{chart}.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.timeout(180)
 def test_every_implementation_streams_the_shared_job(tmp_path: Path) -> None:
     document = _run(tmp_path, "--scenarios", "C50")
     runs = {run["name"]: run for run in document["runs"]}
