@@ -9,6 +9,10 @@ import threading
 from typing import Any
 
 import anyio
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
 import httpx
 import pytest
 from conftest import BOUND, Endless, parse, serve
@@ -213,6 +217,77 @@ def test_http2_streams_events_without_connection_specific_headers() -> None:
         assert "connection" not in source.response.headers
         events = [(e.event, e.id) for e in source.iter_sse()]
     assert events == [("progress", "1"), ("progress", "2"), ("progress", "3"), ("completed", "4")]
+
+
+class _H2Client:
+    """A bare HTTP/2 client (h2c, prior knowledge) on a real socket, for what httpx
+    cannot do: httpx forgets an HTTP/2 response closed early without sending
+    RST_STREAM, so the server would never hear of it."""
+
+    def __init__(self, url: str) -> None:
+        host, port = httpx.URL(url).host, httpx.URL(url).port
+        self.sock = socket.create_connection((host, port), timeout=BOUND)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self._flush()
+        self.bodies: dict[int, bytes] = {}
+        self.ended: set[int] = set()
+
+    def _flush(self) -> None:
+        self.sock.sendall(self.conn.data_to_send())
+
+    def get(self, path: str) -> int:
+        stream = self.conn.get_next_available_stream_id()
+        headers = [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "t")]
+        self.conn.send_headers(stream, headers, end_stream=True)
+        self._flush()
+        self.bodies[stream] = b""
+        return stream
+
+    def read_until(self, done: Any) -> None:
+        while not done():
+            data = self.sock.recv(65536)
+            assert data, "the server closed the connection"
+            for event in self.conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    stream = event.stream_id
+                    self.bodies[stream] += event.data
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, stream)
+                elif isinstance(event, h2.events.StreamEnded):
+                    self.ended.add(event.stream_id)
+            self._flush()
+
+    def reset(self, stream: int) -> None:
+        self.conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+        self._flush()
+
+
+def test_an_http2_stream_reset_cancels_the_job_and_the_connection_serves_on() -> None:
+    job = Endless()
+    limiter = anyio.CapacityLimiter(3)
+
+    def short(on_progress: Reporter) -> str:
+        on_progress("step", {})
+        return "done"
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        source = Job(job) if scope["path"] == "/endless" else Job(short)
+        await EventStream(source, limiter=limiter)(scope, receive, send)
+
+    with serve(app) as server:
+        client = _H2Client(server.url)
+        try:
+            endless = client.get("/endless")
+            client.read_until(lambda: b"event: progress" in client.bodies[endless])
+            client.reset(endless)  # RST_STREAM: this one stream, not the connection
+            assert job.stopped.wait(BOUND), "the job kept running after its stream was reset"
+            short_stream = client.get("/short")
+            client.read_until(lambda: short_stream in client.ended)
+        finally:
+            client.sock.close()
+    assert [e["event"] for e in parse(client.bodies[short_stream])] == ["progress", "completed"]
+    assert job.outcome == ["cancelled"]
+    assert limiter.borrowed_tokens == 0
 
 
 def test_a_starlette_handler_returns_the_stream_as_is() -> None:
