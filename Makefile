@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench docs clean
+.PHONY: demo test lint typecheck pytest soak bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ pytest: $(STAMP)
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# The load tests at full size (1000 streams, a 2000-client storm...): not part of `make test`.
+soak: $(STAMP)
+	ASGI_SSE_SOAK=1 $(BIN)/pytest -m soak -s
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

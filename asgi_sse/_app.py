@@ -118,7 +118,12 @@ def progress_app(
                 if isinstance(body, Refusal):
                     await body(scope, receive, send)
                     return
-                args = json_decoder.decode(body)
+                try:
+                    args = json_decoder.decode(body)
+                except (UnicodeDecodeError, RecursionError) as exc:
+                    # What msgspec raises for invalid UTF-8 in a string, and for nesting
+                    # deeper than the interpreter allows: malformed bodies all the same.
+                    raise msgspec.DecodeError(str(exc)) from exc
             else:
                 await _error(405, f"{method} is not allowed", [("allow", "GET, POST")])(
                     scope, receive, send

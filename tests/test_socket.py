@@ -202,6 +202,53 @@ def test_a_client_that_stops_reading_is_timed_out_and_its_job_cancelled() -> Non
         assert limiter.borrowed_tokens == 0
 
 
+def test_a_stalled_reader_holds_back_only_its_own_job_until_it_is_timed_out() -> None:
+    reported = 0
+    outcome: list[str] = []
+    stopped = threading.Event()
+    pad = "x" * 1024
+
+    def stalled_job(on_progress: Reporter) -> None:
+        nonlocal reported
+        try:
+            for i in range(1_000_000):  # 1 GB if nothing held it back
+                on_progress("bulk", {"i": i, "pad": pad})
+                reported = i + 1
+            outcome.append("finished")
+        except JobCancelled:
+            outcome.append("cancelled")
+        finally:
+            stopped.set()
+
+    def healthy_job(on_progress: Reporter) -> str:
+        for i in range(2000):
+            on_progress("step", {"i": i})
+        return "done"
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        job = stalled_job if scope["path"] == "/stalled" else healthy_job
+        stream = EventStream(Job(job), send_timeout=1.0, max_buffer_bytes=65_536)
+        await stream(scope, receive, send)
+
+    with serve(app) as server, socket.socket() as stalled:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", httpx.URL(server.url).port))
+        stalled.sendall(b"GET /stalled HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert stalled.recv(1024).startswith(b"HTTP/1.1 200")
+        # It reads nothing more. Meanwhile another client is served in full.
+        with (
+            httpx.Client(timeout=BOUND) as client,
+            connect_sse(client, "GET", f"{server.url}healthy") as source,
+        ):
+            events = [e.event for e in source.iter_sse()]
+        assert events == ["progress"] * 2000 + ["completed"]
+        assert stopped.wait(BOUND), "the stalled stream was never timed out"
+    assert outcome == ["cancelled"]
+    # Held back: 64 KiB of buffer and the kernel's socket buffers (a few MB at most),
+    # a few thousand 1 kB events, not the million the job would have made.
+    assert reported < 20_000, reported
+
+
 def test_http2_streams_events_without_connection_specific_headers() -> None:
     def job(on_progress: Reporter) -> int:
         for i in range(3):
