@@ -313,8 +313,10 @@ async def all_running(port: int, count: int) -> None:
 # about 14 KiB a client and up, and the object count below catches the smaller ones.
 RSS_TOLERANCE = 4 * 2**20
 # Python objects (gc-tracked, counted after a collection) that may be left over: a
-# leak of even one object per client of the storm would exceed it.
-OBJECTS_TOLERANCE = STORM // 4
+# leak of even one object per client of the storm would exceed it. Seen: up to 94 more
+# after 300 clients (caches the first requests fill), so a quarter of the storm was too
+# tight; half still catches one object per client.
+OBJECTS_TOLERANCE = STORM // 2
 
 
 @pytest.mark.soak
