@@ -132,10 +132,24 @@ def _encode_item(encoder: Encoder, item: Any) -> bytes:
     return b"data: %b\n\n" % encoder.json(item)
 
 
+class _Exited(Exception):
+    """A job's ``SystemExit`` or ``KeyboardInterrupt``, carried out of its worker
+    thread as an ordinary failure: re-raised in the event loop, either would stop
+    the whole server. (Signals reach the main thread only, so in a worker these
+    come from the job's own code.)"""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(repr(exc))
+        self.exc = exc
+
+
 def _run_job(job: Job[Any], reporter: Reporter, channel: Channel) -> Any:
     if channel.cancelled:  # the client left while the job waited for a thread
         raise JobCancelled("the client is gone")
-    return job.func(*job.args, on_progress=reporter, **job.kwargs)
+    try:
+        return job.func(*job.args, on_progress=reporter, **job.kwargs)
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _Exited(exc) from exc
 
 
 def _drain(iterable: Iterable[Any], channel: Channel, encoder: Encoder) -> Any:
@@ -147,6 +161,8 @@ def _drain(iterable: Iterable[Any], channel: Channel, encoder: Encoder) -> Any:
                 item = next(iterator)
             except StopIteration as stop:
                 return stop.value
+            except (SystemExit, KeyboardInterrupt) as exc:
+                raise _Exited(exc) from exc
             channel.put(_encode_item(encoder, item))
         raise JobCancelled("the client is gone")
     finally:
@@ -193,11 +209,12 @@ async def run_source(
         channel.close(_error_event(encoder, reporter, None, exc))
         return
     except Exception as exc:
+        failure = exc.exc if isinstance(exc, _Exited) else exc
         if channel.cancelled:
-            logger.error("event stream job failed after its client left", exc_info=exc)
+            logger.error("event stream job failed after its client left", exc_info=failure)
             return
-        logger.error("event stream job failed", exc_info=exc)
-        channel.close(_error_event(encoder, reporter, on_error, exc))
+        logger.error("event stream job failed", exc_info=failure)
+        channel.close(_error_event(encoder, reporter, on_error, failure))
         return
     try:
         last = encoder.message("completed", _next_id(reporter), result)

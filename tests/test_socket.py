@@ -148,6 +148,40 @@ def test_a_failing_job_ends_the_stream_with_an_error_event() -> None:
     ]
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("exit_exc", [SystemExit, KeyboardInterrupt])
+@pytest.mark.parametrize("source_kind", ["job", "generator"])
+def test_a_job_that_raises_systemexit_fails_alone_and_the_server_serves_on(
+    backend: str, exit_exc: type[BaseException], source_kind: str
+) -> None:
+    def job(on_progress: Reporter) -> None:
+        on_progress("step", {})
+        raise exit_exc
+
+    def generator() -> Any:
+        yield "step"
+        raise exit_exc
+
+    def ok(on_progress: Reporter) -> str:
+        return "done"
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/ok":
+            source: Any = Job(ok)
+        else:
+            source = Job(job) if source_kind == "job" else generator()
+        await EventStream(source)(scope, receive, send)
+
+    with serve(app, backend=backend) as server, httpx.Client(timeout=BOUND) as client:
+        failed = parse(client.get(f"{server.url}exit").content)
+        served = parse(client.get(f"{server.url}ok").content)
+    assert (failed[-1]["event"], json.loads(failed[-1]["data"])) == (
+        "error",
+        {"type": exit_exc.__name__},
+    )
+    assert [e["event"] for e in served] == ["completed"]
+
+
 def test_heartbeats_keep_a_silent_stream_talking() -> None:
     beats_seen = threading.Event()
 
