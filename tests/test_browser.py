@@ -236,6 +236,7 @@ def test_the_browser_sees_each_payload_exactly_with_its_type_and_last_event_id(
                 "lastEventId": last_id,
             }
         )
+    # A check on the expectation itself, which encodes the spec's lastEventId rules.
     assert [e["lastEventId"] for e in expected[3:12]] == [
         "4", "4", "6", "7", "", "9", "10", "é-id 🎉 10", "12",
     ]  # fmt: skip

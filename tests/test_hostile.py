@@ -530,8 +530,8 @@ def test_a_result_json_cannot_hold_falls_back_to_str_or_ends_in_an_error(
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_job_that_reports_as_fast_as_it_can_loses_nothing(backend: str) -> None:
     """200 000 reports in a tight loop through a small buffer: every event arrives,
-    in order, numbered 1..200 000, then ``completed``; the producer was held back
-    (it waited on the buffer) rather than the events dropped."""
+    in order, numbered 1..200 000, then ``completed``. (That the producer is held
+    back rather than buffered without bound is test_socket's stalled-reader test.)"""
     count = 200_000
     finished = threading.Event()
 

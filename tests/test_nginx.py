@@ -1,7 +1,8 @@
 """Behind a real nginx: the location block docs/nginx.md recommends, and nginx's defaults.
 
 Each test starts its own nginx (the Debian package; ``scripts/system-deps.sh`` installs it) in
-the foreground on a free 127.0.0.1 port, in front of a real hypercorn, with a configuration
+the foreground on a unix socket of its own (no port to race for), in front of a real hypercorn
+(on 127.0.0.1), with a configuration
 written into ``tmp_path``. The recommended location block is read from docs/nginx.md itself, so
 the documented configuration is the one under test.
 """
@@ -60,8 +61,12 @@ def upstream_of(url: str) -> str:
 
 @dataclass
 class Nginx:
-    url: str  # the documented prefix, through nginx
+    socket: Path  # where it listens
     error_log: Path
+    url: str = f"http://nginx{PREFIX}stream"  # the documented prefix; the host is not looked up
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)), timeout=BOUND)
 
 
 def nginx_binary() -> str:
@@ -75,17 +80,11 @@ def nginx_binary() -> str:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def nginx(location: str, tmp_path: Path) -> Iterator[Nginx]:
     """Run nginx in the foreground with ``location`` in its only server, for one test."""
     binary = nginx_binary()
-    port = free_port()
+    listening = tmp_path / "nginx.sock"
     error_log = tmp_path / "error.log"
     temp_paths = "\n".join(
         f"    {kind}_temp_path {tmp_path / kind};"
@@ -104,7 +103,7 @@ http {{
     access_log off;
 {temp_paths}
     server {{
-        listen 127.0.0.1:{port};
+        listen unix:{listening};
 {indented}
     }}
 }}
@@ -115,12 +114,13 @@ http {{
     command = [binary, "-p", str(tmp_path), "-e", str(error_log), "-c", str(conf)]
     check = subprocess.run([*command, "-t"], capture_output=True, text=True, check=False)
     assert check.returncode == 0, f"nginx rejected the configuration:\n{check.stderr}\n{conf}"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + BOUND
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=BOUND).close()
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.connect(str(listening))
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -130,7 +130,7 @@ http {{
             except subprocess.TimeoutExpired:
                 continue
             raise AssertionError(f"nginx exited at start-up: {error_log.read_text()}")
-        yield Nginx(url=f"http://127.0.0.1:{port}{PREFIX}stream", error_log=error_log)
+        yield Nginx(socket=listening, error_log=error_log)
     finally:
         process.terminate()
         try:
@@ -139,9 +139,6 @@ http {{
             process.kill()
             process.wait(BOUND)
             raise AssertionError("nginx did not stop on SIGTERM") from None
-        finally:
-            assert process.stderr is not None
-            process.stderr.close()
 
 
 def test_the_readme_recommends_the_documented_location_block() -> None:
@@ -172,7 +169,7 @@ def test_each_event_passes_nginx_before_the_job_makes_the_next(config: str, tmp_
         )
         with (
             nginx(location, tmp_path) as proxy,
-            httpx.Client(timeout=BOUND) as client,
+            proxy.client() as client,
             connect_sse(client, "GET", proxy.url) as source,
         ):
             events = []
@@ -219,7 +216,7 @@ def test_heartbeats_keep_a_silent_stream_open_past_proxy_read_timeout(
         location = documented_location(upstream_of(server.url), read_timeout="1s")
         with (
             nginx(location, tmp_path) as proxy,
-            httpx.Client(timeout=BOUND) as client,
+            proxy.client() as client,
             client.stream("GET", proxy.url) as response,
         ):
             assert response.status_code == 200  # the headers pass nginx at once
@@ -234,7 +231,7 @@ def test_heartbeats_keep_a_silent_stream_open_past_proxy_read_timeout(
 
     if heartbeat is not None:
         assert cut is None
-        assert lines.count(": ping") >= 4  # one every 0.25 s of the 2.5 s silence
+        assert lines.count(": ping") >= 2  # at least one in each 1 s proxy_read_timeout window
         assert [line for line in lines if line.startswith("event:")] == [
             "event: progress",
             "event: completed",
@@ -274,7 +271,7 @@ def test_without_x_accel_buffering_nginx_defaults_hold_events_back(tmp_path: Pat
         )
         with (
             nginx(location, tmp_path) as proxy,
-            httpx.Client(timeout=BOUND) as client,
+            proxy.client() as client,
             connect_sse(client, "GET", proxy.url) as source,
         ):
             events = []
