@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -160,20 +160,19 @@ PINNED = {0, 1} <= os.sched_getaffinity(0) and shutil.which("taskset") is not No
 
 
 @contextmanager
-def serve(name: str, threads: int) -> Iterator[tuple[int, int]]:
-    """hypercorn serving ``name`` on a socket bound here: yields (port, pid)."""
+def _server(command: list[str], env: dict[str, str] | None = None) -> Iterator[tuple[int, int]]:
+    """``command`` (with ``{fd}`` for the socket) on a socket bound here, pinned to
+    core 0, in its own process group: yields (port, pid). Clients may connect at once."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(2048)
     pin = ["taskset", "-c", "0"] if PINNED else []
-    command = [sys.executable, "-m", "hypercorn", f"benchmarks.{MODULES[name]}:{name}"]
-    options = ["--workers", "1", "--backlog", "2048", "--log-level", "WARNING"]
     server = subprocess.Popen(
-        [*pin, *command, *options, "--bind", f"fd://{sock.fileno()}"],
+        [*pin, *(part.format(fd=sock.fileno()) for part in command)],
         cwd=ROOT,
         pass_fds=[sock.fileno()],
-        env=os.environ | {"BENCH_THREADS": str(threads)},
-        start_new_session=True,  # its own process group: stopped with its worker
+        env=None if env is None else os.environ | env,
+        start_new_session=True,  # stopped with its worker
     )
     port = sock.getsockname()[1]
     sock.close()
@@ -181,6 +180,13 @@ def serve(name: str, threads: int) -> Iterator[tuple[int, int]]:
         yield port, server.pid
     finally:
         _stop(server)
+
+
+def serve(name: str, threads: int) -> AbstractContextManager[tuple[int, int]]:
+    """hypercorn (one worker) serving ``name``: yields (port, pid)."""
+    command = [sys.executable, "-m", "hypercorn", f"benchmarks.{MODULES[name]}:{name}"]
+    command += ["--workers", "1", "--backlog", "2048", "--log-level", "WARNING"]
+    return _server([*command, "--bind", "fd://{fd}"], {"BENCH_THREADS": str(threads)})
 
 
 def _stop(server: subprocess.Popen[bytes]) -> None:
@@ -310,22 +316,10 @@ async def _timed(load: Awaitable[list[Stream]]) -> tuple[list[Stream], float]:
 
 def calibrate(events: int, streams: int) -> dict[str, Any]:
     """The client against a server that costs nothing: the client's own ceiling."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(2048)
-    pin = ["taskset", "-c", "0"] if PINNED else []
-    command = [sys.executable, "benchmarks/client.py", "--firehose", str(sock.fileno())]
-    server = subprocess.Popen(
-        [*pin, *command], cwd=ROOT, pass_fds=[sock.fileno()], start_new_session=True
-    )
-    port = sock.getsockname()[1]
-    sock.close()
-    try:
-        path = f"/?n={events}"
+    path = f"/?n={events}"
+    with _server([sys.executable, "benchmarks/client.py", "--firehose", "{fd}"]) as (port, _):
         asyncio.run(load(port, path, streams=streams, n=events, deadline=60))  # builds the body
         found, cpu = asyncio.run(_timed(load(port, path, streams=streams, n=events, deadline=60)))
-    finally:
-        _stop(server)
     received = sum(s.received for s in found)
     wall = (max(s.ended for s in found) - min(s.started for s in found)) / 1e9
     return {
