@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mutabl
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -69,22 +70,30 @@ def serve(
     backend: str = "asyncio",
     wrap: bool = True,
     before_shutdown: Callable[[], Awaitable[None]] | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> Iterator[Served]:
     """Serve ``handler`` with hypercorn on 127.0.0.1 in a thread, for one test.
 
     ``before_shutdown`` runs in the server's loop when shutdown is asked for,
     before hypercorn stops (as an app's own ``shutdown_trigger`` would).
+    ``tls`` (a certificate file and its key) serves https, where browsers speak
+    HTTP/2: hypercorn then offers h2 by ALPN.
     """
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
-    served = Served(url=f"http://127.0.0.1:{sock.getsockname()[1]}/")
+    scheme = "http" if tls is None else "https"
+    served = Served(url=f"{scheme}://127.0.0.1:{sock.getsockname()[1]}/")
     fd = sock.detach()  # hypercorn owns the socket from here, and closes it
     app = http_only(handler, served.done) if wrap else handler
     config = Config()
     config.bind = [f"fd://{fd}"]
     config.accesslog = None
     config.graceful_timeout = 0.5
+    if tls is not None:
+        config.certfile, config.keyfile = map(str, tls)
+        assert config.ssl_enabled
+        assert config.alpn_protocols == ["h2", "http/1.1"]  # hypercorn's default: h2 first
     stop = served.stopping
     failure: list[BaseException] = []
 

@@ -19,23 +19,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
-import socket
 import ssl
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-from conftest import BOUND, Endless, http_only
+from conftest import BOUND, Endless, serve
 from httpx_sse import connect_sse
-from hypercorn.asyncio import serve as serve_asyncio
-from hypercorn.config import Config
 
 from asgi_sse import EventStream, Job, JobCancelled, Reporter, stream_progress
 
@@ -171,49 +166,6 @@ def page(browser: Browser) -> Iterator[Page]:
     assert not errors, f"the page's script failed: {errors}"
 
 
-@contextmanager
-def serve_tls(handler: ASGIApp, cert: Cert) -> Iterator[str]:
-    """``conftest.serve``, over TLS: hypercorn (asyncio) on 127.0.0.1; yields the https URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    url = f"https://127.0.0.1:{sock.getsockname()[1]}/"
-    fd = sock.detach()  # hypercorn owns the socket from here, and closes it
-    config = Config()
-    config.bind = [f"fd://{fd}"]
-    config.certfile = str(cert.certfile)
-    config.keyfile = str(cert.keyfile)
-    config.accesslog = None
-    config.graceful_timeout = 0.5
-    assert config.ssl_enabled
-    assert config.alpn_protocols == ["h2", "http/1.1"]  # hypercorn's default: h2 first
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    async def shutdown_trigger() -> None:
-        await anyio.to_thread.run_sync(stop.wait)
-
-    def run() -> None:
-        try:
-            anyio.run(
-                partial(
-                    serve_asyncio, http_only(handler), config, shutdown_trigger=shutdown_trigger
-                )
-            )
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=run, name="hypercorn-tls", daemon=True)
-    thread.start()
-    try:
-        yield url
-    finally:
-        stop.set()
-        thread.join(BOUND)
-        assert not thread.is_alive(), "hypercorn did not shut down"
-        assert not failure, failure
-
-
 @dataclass
 class Request:
     path: str
@@ -292,7 +244,8 @@ def test_each_event_reaches_the_page_over_http2_before_the_job_makes_the_next(
 
     requests: list[Request] = []
     app = site({"/steps": lambda: stream_progress(job)}, requests)
-    with serve_tls(app, cert) as url:
+    with serve(app, tls=(cert.certfile, cert.keyfile)) as server:
+        url = server.url
         page.goto(url)
         open_source(page, "steps", "/steps", ["progress", "completed"], "completed")
         for i, gate in enumerate(gates):
@@ -334,7 +287,8 @@ def test_http2_responses_carry_no_connection_specific_headers(page: Page, cert: 
     app = site({"/steps": lambda: stream_progress(job)}, requests)
     context = ssl.create_default_context()
     cert.ca.configure_trust(context)  # the test CA, and the default hostname checks
-    with serve_tls(app, cert) as url:
+    with serve(app, tls=(cert.certfile, cert.keyfile)) as server:
+        url = server.url
         # The browser's request: what asgi-sse handed hypercorn for an HTTP/2 stream.
         page.goto(url)
         open_source(page, "steps", "/steps", ["completed"], "completed")
@@ -393,7 +347,8 @@ def test_closing_one_event_source_resets_its_stream_and_cancels_only_its_job(
         },
         requests,
     )
-    with serve_tls(app, cert) as url:
+    with serve(app, tls=(cert.certfile, cert.keyfile)) as server:
+        url = server.url
         page.goto(url)
         open_source(page, "endless", "/endless", ["progress"], None)
         open_source(page, "other", "/other", ["progress"], None)
@@ -438,8 +393,8 @@ def test_the_pin_trusts_only_the_test_certificate(page: Page, cert: Cert, tmp_pa
     assert other.spki_sha256 != cert.spki_sha256
     requests: list[Request] = []
     with (
-        serve_tls(site({}, requests), other) as url,
+        serve(site({}, requests), tls=(other.certfile, other.keyfile)) as server,
         pytest.raises(Error, match=r"net::ERR_CERT_AUTHORITY_INVALID"),
     ):
-        page.goto(url)
+        page.goto(server.url)
     assert requests == []
