@@ -11,36 +11,20 @@ Python waits on the page with ``wait_for_function`` (bounded by ``BOUND``), neve
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from collections.abc import Awaitable, Callable, Generator, Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+import chromium
 import pytest
 from conftest import BOUND, Endless, serve
 
 from asgi_sse import Encoder, EventStream, Reporter, ServerSentEvent, stream_progress
 
-try:
-    from playwright.sync_api import Browser, Page, sync_playwright
-except ImportError:  # pragma: no cover - the dev extra brings it
-    sync_playwright = None
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
-CHROMIUM = Path("/usr/bin/chromium")
-# No internet here: without the background-networking flags Chromium floods refused connections.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-WAIT_MS = BOUND * 1000
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
@@ -162,42 +146,19 @@ def page_url(
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if sync_playwright is None:
-        pytest.skip(
-            "PLAYWRIGHT IS NOT INSTALLED: the tests in a real browser did not run."
-            " Install the dev extra: pip install -e '.[dev]' (make test does so)."
-        )
-    if not CHROMIUM.exists() and shutil.which("chromium") is None:
-        pytest.skip(
-            "CHROMIUM IS NOT INSTALLED: the tests in a real browser did not run."
-            " Install it with `sudo scripts/system-deps.sh` (make test does so when run as root;"
-            " .ci/run always does)."
-        )
-    executable = str(CHROMIUM) if CHROMIUM.exists() else shutil.which("chromium")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium.launch() as launched:
+        yield launched
 
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()
-    opened = context.new_page()
-    errors: list[str] = []
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    try:
+    with chromium.open_page(browser) as opened:
         yield opened
-    finally:
-        context.close()
-    assert not errors, f"the page's script failed: {errors}"
 
 
 def wait_for_closed(page: Page) -> list[dict[str, Any]]:
     """Wait until the page has closed its source; return what it saw."""
-    page.wait_for_function("() => window.source.readyState === 2", timeout=WAIT_MS)
+    page.wait_for_function("() => window.source.readyState === 2", timeout=chromium.WAIT_MS)
     seen: list[dict[str, Any]] = page.evaluate("() => window.seen")
     return seen
 

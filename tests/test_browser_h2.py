@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import shutil
 import ssl
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import chromium
 import httpx
 import pytest
 from conftest import BOUND, Endless, serve
@@ -34,10 +34,8 @@ from httpx_sse import connect_sse
 
 from asgi_sse import EventStream, Job, JobCancelled, Reporter, stream_progress
 
-try:
-    from playwright.sync_api import Browser, Error, Page, sync_playwright
-except ImportError:  # pragma: no cover - the dev extra brings it
-    sync_playwright = None
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 try:
     import trustme
@@ -46,19 +44,6 @@ try:
 except ImportError:  # pragma: no cover - the dev extra brings it
     trustme = None
 
-CHROMIUM = Path("/usr/bin/chromium")
-# As tests/test_browser.py: no internet here, so no background networking.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-WAIT_MS = BOUND * 1000
 # RFC 9113 section 8.2.2: an HTTP/2 response carrying one of these is malformed.
 CONNECTION_SPECIFIC = {
     "connection",
@@ -131,39 +116,15 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> Cert:
 
 @pytest.fixture(scope="module")
 def browser(cert: Cert) -> Iterator[Browser]:
-    if sync_playwright is None:
-        pytest.skip(
-            "PLAYWRIGHT IS NOT INSTALLED: the HTTP/2 tests in a real browser did not run."
-            " Install the dev extra: pip install -e '.[dev]' (make test does so)."
-        )
-    if not CHROMIUM.exists() and shutil.which("chromium") is None:
-        pytest.skip(
-            "CHROMIUM IS NOT INSTALLED: the HTTP/2 tests in a real browser did not run."
-            " Install it with `sudo scripts/system-deps.sh` (make test does so when run as root;"
-            " .ci/run always does)."
-        )
-    executable = str(CHROMIUM) if CHROMIUM.exists() else shutil.which("chromium")
     # Playwright always passes --user-data-dir, which Chromium requires to honour the pin.
-    args = [*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={cert.spki_sha256}"]
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=args)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium.launch(f"--ignore-certificate-errors-spki-list={cert.spki_sha256}") as launched:
+        yield launched
 
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()  # no ignore_https_errors: the pin is the only trust
-    opened = context.new_page()
-    errors: list[str] = []
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    try:
+    with chromium.open_page(browser) as opened:  # no ignore_https_errors: the pin is the only trust
         yield opened
-    finally:
-        context.close()
-    assert not errors, f"the page's script failed: {errors}"
 
 
 @dataclass
@@ -205,7 +166,9 @@ def open_source(page: Page, name: str, src: str, types: list[str], close_on: str
 
 def wait_count(page: Page, name: str, event_type: str, at_least: int) -> None:
     page.wait_for_function(
-        "([n, t, k]) => window.count(n, t) >= k", arg=[name, event_type, at_least], timeout=WAIT_MS
+        "([n, t, k]) => window.count(n, t) >= k",
+        arg=[name, event_type, at_least],
+        timeout=chromium.WAIT_MS,
     )
 
 
@@ -394,7 +357,7 @@ def test_the_pin_trusts_only_the_test_certificate(page: Page, cert: Cert, tmp_pa
     requests: list[Request] = []
     with (
         serve(site({}, requests), tls=(other.certfile, other.keyfile)) as server,
-        pytest.raises(Error, match=r"net::ERR_CERT_AUTHORITY_INVALID"),
+        pytest.raises(chromium.PlaywrightError, match=r"net::ERR_CERT_AUTHORITY_INVALID"),
     ):
         page.goto(server.url)
     assert requests == []
