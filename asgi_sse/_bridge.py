@@ -159,16 +159,19 @@ class Channel:
         if not in_flight:  # else the delivery in flight closes the stream after it
             self._send.close()
 
-    def end(self, last: bytes) -> None:
+    def end(self, last: Callable[[int], bytes | None]) -> None:
         """From the loop: stop the producers now, but deliver what they have put
-        so far and then ``last`` (a stream ended early, e.g. at shutdown)."""
+        so far and then ``last(numbered)`` (a stream ended early, e.g. at
+        shutdown). It is called once no producer can number another chunk, so
+        the last event's id cannot clash with one of theirs."""
         with self._lock:
             if self._closed or self._cancelled:
                 return
             self._stopped = True
             self._not_full.notify_all()
+            numbered = self.numbered
         self._wake_async_producer()
-        self.close(last)
+        self.close(last(numbered))
 
     def _check_open(self) -> None:
         """Under the lock, for producers: refuse a chunk nobody will send."""

@@ -26,7 +26,7 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from functools import partial
-from typing import Any, TypedDict
+from typing import Any, TypedDict, Union
 
 from anyio import (
     CancelScope,
@@ -44,12 +44,15 @@ from ._bridge import Channel
 from ._encoder import HEARTBEAT, Encoder
 from ._http import Headers, Message, Receive, Refusal, Scope, Send, check_headers, refusal
 from ._hub import SCOPE_KEY, Hub, Ticket
-from ._jobs import Job, Source, run_source
+from ._jobs import Job, run_source
+from ._jobs import Source as _RunSource
+from ._resumable import Follow, Watch
 
 __all__ = [
     "DEFAULT_BUFFER_BYTES",
     "SHUTDOWN_ERROR",
     "EventStream",
+    "Source",
     "StreamOptions",
     "stream_progress",
 ]
@@ -63,6 +66,10 @@ DEFAULT_BUFFER_BYTES = 1024 * 1024
 
 #: The data of the ``error`` event that ends a stream cut short by shutdown.
 SHUTDOWN_ERROR = {"type": "ServerShutdown"}
+
+#: What an :class:`EventStream` can stream: a :class:`Job`, an iterable or an
+#: async iterable of events, or a resumable job's :class:`Watch`.
+Source = Union[_RunSource, Watch]
 
 
 class StreamOptions(TypedDict, total=False):
@@ -87,11 +94,12 @@ class EventStream:
     """An ASGI response that streams a source's events as Server-Sent Events.
 
     ``source`` is a :class:`Job` (a blocking function reporting through
-    ``on_progress``), a sync iterable (consumed in a worker thread) or an async
-    iterable. Items of an iterable are :class:`ServerSentEvent` objects or plain
-    values: ``str`` is sent as text, anything else as JSON. The stream ends with
-    exactly one ``completed`` event (carrying the job's result, or a sync
-    generator's return value) or one ``error`` event.
+    ``on_progress``), a sync iterable (consumed in a worker thread), an async
+    iterable, or a resumable job to follow (:meth:`Jobs.watch`). Items of an
+    iterable are :class:`ServerSentEvent` objects or plain values: ``str`` is
+    sent as text, anything else as JSON. The stream ends with exactly one
+    ``completed`` event (carrying the job's result, or a sync generator's return
+    value) or one ``error`` event; a watch ends with its job's.
 
     Options, all keyword-only:
 
@@ -116,6 +124,7 @@ class EventStream:
     """
 
     __slots__ = (
+        "_follow",
         "encoder",
         "headers",
         "heartbeat",
@@ -140,10 +149,10 @@ class EventStream:
         headers: Headers | None = None,
     ) -> None:
         if isinstance(source, (str, bytes, bytearray, Mapping)) or not isinstance(
-            source, (Job, AsyncIterable, Iterable)
+            source, (Job, Watch, AsyncIterable, Iterable)
         ):
             raise TypeError(
-                "source must be a Job, an iterable or an async iterable of events,"
+                "source must be a Job, a Watch, an iterable or an async iterable of events,"
                 f" got {type(source).__name__}"
             )
         if max_buffer_bytes < 1:
@@ -158,6 +167,7 @@ class EventStream:
         self.encoder = encoder or _default_encoder
         self.on_error = on_error
         self.headers = check_headers(headers or {})
+        self._follow: Follow | None = None
 
     def refusal(self, scope: Scope) -> Refusal | None:
         """The 503 to answer instead, if the app's middleware is full or closing.
@@ -168,6 +178,20 @@ class EventStream:
         hub: Hub | None = scope.get(SCOPE_KEY)
         return refusal(hub) if hub is not None and hub.refuses() else None
 
+    async def prepare(self, scope: Scope) -> Refusal | None:
+        """For a :class:`Watch`: the answer to send instead of the stream (400,
+        404, or 204 once the client has the job's last event), or None to
+        stream. An ASGI call does this itself; frameworks that send the status
+        before the body (Quart) call it first, then :meth:`body`."""
+        self._follow = None
+        if not isinstance(self.source, Watch):
+            return None
+        answer = await self.source.prepare(scope)
+        if isinstance(answer, Refusal):
+            return answer
+        self._follow = answer
+        return None
+
     @asynccontextmanager
     async def body(self, scope: Scope | None = None) -> AsyncIterator[AsyncIterator[bytes]]:
         """The encoded stream, for frameworks that send the body themselves.
@@ -175,6 +199,8 @@ class EventStream:
         Leaving the context stops the job and waits for its thread. Watching
         for disconnect and timing out sends are then the framework's part.
         """
+        if isinstance(self.source, Watch) and self._follow is None:
+            raise RuntimeError("await stream.prepare(scope) before the body of a Watch")
         hub: Hub | None = None if scope is None else scope.get(SCOPE_KEY)
         channel = Channel(self.max_buffer_bytes)
         ticket = None if hub is None else hub.admit(partial(self._end, channel), force=True)
@@ -188,6 +214,10 @@ class EventStream:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             raise RuntimeError(f"EventStream serves HTTP requests, not {scope['type']!r}")
+        answer = await self.prepare(scope)
+        if answer is not None:
+            await answer(scope, receive, send)
+            return
         hub: Hub | None = scope.get(SCOPE_KEY)
         channel = Channel(self.max_buffer_bytes)
         ticket = None
@@ -237,7 +267,9 @@ class EventStream:
                     # The server gave up on the request (its graceful shutdown timed
                     # out): say so, so no client takes the cut for a finished job.
                     rest = channel.take_rest()
-                    rest.append(self._farewell(channel))
+                    farewell = self._farewell(channel.numbered)
+                    if farewell is not None:
+                        rest.append(farewell)
                     with move_on_after(self.send_timeout, shield=True) as last:
                         await send({"type": "http.response.body", "body": b"".join(rest)})
                     if last.cancelled_caught:
@@ -264,6 +296,10 @@ class EventStream:
                 tg.cancel_scope.cancel()
 
     async def _produce(self, channel: Channel, hub: Hub | None, ticket: Ticket | None) -> None:
+        if self._follow is not None:  # reads a log: no thread, so no slot to wait for
+            await self._follow.run(channel)
+            return
+        assert not isinstance(self.source, Watch)
         limiter = self.limiter
         slot: AbstractAsyncContextManager[None] = nullcontext()
         if hub is not None and ticket is not None:
@@ -277,14 +313,18 @@ class EventStream:
     def _queued(self, channel: Channel, position: int) -> None:
         channel.put_nowait(self.encoder.message("queued", None, {"position": position}))
 
-    def _farewell(self, channel: Channel) -> bytes:
-        """The last event of a stream ended by shutdown, numbered after the job's events."""
-        next_id = channel.numbered + 1 if isinstance(self.source, Job) else None
+    def _farewell(self, numbered: int) -> bytes | None:
+        """The last event of a stream ended by shutdown, numbered after the job's
+        events. None for a watch: the job goes on, and the client should
+        reconnect (to another process) rather than take it for ended."""
+        if isinstance(self.source, Watch):
+            return None
+        next_id = numbered + 1 if isinstance(self.source, Job) else None
         return self.encoder.message("error", next_id, SHUTDOWN_ERROR)
 
     def _end(self, channel: Channel) -> None:
         """End the stream early: the job is stopped, what it reported still goes out."""
-        channel.end(self._farewell(channel))
+        channel.end(self._farewell)
 
     @staticmethod
     async def _watch_sends(

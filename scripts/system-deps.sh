@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the Debian packages the test suite drives for real (nginx, chromium) when missing.
+# Install the Debian packages the test suite drives for real (nginx, chromium, redis) when missing.
 #
 #   scripts/system-deps.sh            best effort: warn loudly and exit 0 if they cannot be installed
 #   scripts/system-deps.sh --require  CI: failing to install them is an error
@@ -9,10 +9,10 @@
 set -uo pipefail
 
 # One line per package: "<Debian package> <command that proves it is installed>".
-# Add redis-server, ... here.
 PACKAGES=(
     "nginx nginx"
     "chromium chromium"
+    "redis-server redis-server"
 )
 
 require=0

@@ -1,0 +1,370 @@
+"""Resumable jobs: a job runs detached from any one request and publishes its
+events to a log in a :class:`~asgi_sse.Backend`; each client watches the log
+from where it left off.
+
+The publisher is the same thread bridge as a plain stream (a :class:`Channel`
+fed by :func:`run_source`), drained by one task that numbers the events and
+appends each batch to the backend. If the backend is unreachable the task
+retries the same batch, the channel fills and the job waits in its next
+report: backpressure, not loss. A watcher is a source for
+:class:`~asgi_sse.EventStream`, so heartbeats, send timeouts, disconnects,
+adapters and the middleware work for it as for any stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl
+
+import msgspec
+from anyio import (
+    TASK_STATUS_IGNORED,
+    CapacityLimiter,
+    EndOfStream,
+    create_task_group,
+    current_time,
+    sleep,
+)
+from anyio.abc import TaskGroup, TaskStatus
+
+from ._bridge import Channel
+from ._encoder import Encoder
+from ._http import Refusal
+from ._jobs import Job, run_source
+from ._log import BadEventId, Retention, Trimmer, check_job_id, new_job_id, parse_event_id
+from ._store import Backend, BackendUnavailable, JobExists, JobLost, MemoryBackend
+
+if TYPE_CHECKING:
+    from typing_extensions import ParamSpec
+
+    P = ParamSpec("P")
+
+__all__ = ["ABANDONED_ERROR", "Jobs", "Watch"]
+
+logger = logging.getLogger("asgi_sse")
+T = TypeVar("T")
+
+#: The data of the ``error`` event that ends a job nobody watched for its grace period.
+ABANDONED_ERROR = {"type": "JobAbandoned"}
+_SHUTDOWN_ERROR = {"type": "ServerShutdown"}
+_LOST_ERROR = {"type": "JobLost"}
+_UNAVAILABLE = {"type": "BackendUnavailable"}
+_BACKOFF = (0.05, 1.0)  # first and longest wait between retries of an unreachable backend
+
+
+async def _retrying(call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Await ``call`` until the backend answers: its operations are idempotent."""
+    delay, longest = _BACKOFF
+    while True:
+        try:
+            return await call(*args, **kwargs)
+        except BackendUnavailable as exc:
+            logger.warning("job backend unavailable (%s); retrying in %.2fs", exc, delay)
+        await sleep(delay)  # a pause between attempts, not a wait for an event
+        delay = min(delay * 2, longest)
+
+
+class Jobs:
+    """Run jobs that outlive their requests, and stream them to any number of
+    clients that may come and go.
+
+    A job started here runs in a worker thread of this process and publishes to
+    ``backend`` (by default in memory, for this process only); clients watch it
+    by id with :meth:`watch` or :meth:`stream`, and a client that reconnects
+    with ``Last-Event-ID`` gets what it missed, then the live events.
+
+    Enter it (``async with jobs:``) for as long as the app serves, in its
+    lifespan: the jobs run in its task group, and leaving it ends them with an
+    ``error`` event (``{"type": "ServerShutdown"}``) after what they reported.
+
+    - ``retention``: how much of each log is kept, and for how long after the end.
+    - ``grace``: seconds a job may go unwatched before it is cancelled (and ended
+      with ``{"type": "JobAbandoned"}``), so that a quick reconnect finds it
+      still running; ``start(..., keep_running=True)`` opts a job out.
+    - ``limiter``, ``encoder``, ``on_error``, ``max_buffer_bytes``: as for
+      :class:`~asgi_sse.EventStream`.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        *,
+        retention: Retention | None = None,
+        grace: float = 10.0,
+        limiter: CapacityLimiter | None = None,
+        encoder: Encoder | None = None,
+        on_error: Callable[[Exception], Any] | None = None,
+        max_buffer_bytes: int = 1024 * 1024,
+    ) -> None:
+        if not grace >= 0:
+            raise ValueError(f"grace must be a number of seconds, at least 0, got {grace!r}")
+        if max_buffer_bytes < 1:
+            raise ValueError(f"max_buffer_bytes must be at least 1, got {max_buffer_bytes!r}")
+        self.backend: Backend = backend if backend is not None else MemoryBackend()
+        self.retention = retention or Retention()
+        self.grace = grace
+        self.limiter = limiter
+        self.encoder = encoder or Encoder()
+        self.on_error = on_error
+        self.max_buffer_bytes = max_buffer_bytes
+        self._tg: TaskGroup | None = None
+        self._running: dict[str, Channel] = {}
+
+    async def __aenter__(self) -> Jobs:
+        if self._tg is not None:
+            raise RuntimeError("this Jobs is already running")
+        tg = create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        tg, self._tg = self._tg, None
+        assert tg is not None
+        for channel in list(self._running.values()):
+            channel.end(self._farewell(_SHUTDOWN_ERROR))
+        return await tg.__aexit__(*exc_info)
+
+    def _farewell(self, data: Mapping[str, str]) -> Callable[[int], bytes]:
+        return lambda numbered: self.encoder.message("error", numbered + 1, data)
+
+    async def create(self, id: str | None = None) -> str:
+        """Record a job that another process will run (:meth:`run` with this id),
+        so that clients can watch it at once; they wait until it starts. Returns its id."""
+        job_id = new_job_id() if id is None else check_job_id(id)
+        await _retrying(self.backend.create, job_id, self.retention.max_age)
+        return job_id
+
+    async def start(
+        self, job: Job[Any], *, id: str | None = None, keep_running: bool = False
+    ) -> str:
+        """Start ``job`` in the background and return its id (``id``, or a new
+        unguessable one). An ``id`` that :meth:`create` recorded is taken over;
+        one that already runs raises :class:`JobExists`."""
+        if self._tg is None:
+            raise RuntimeError(
+                "Jobs is not running: enter it (async with jobs) in the app's lifespan"
+            )
+        job_id = await self._claimable(job, id)
+        await self._tg.start(self._run, job, job_id, keep_running)
+        return job_id
+
+    async def run(self, job: Job[Any], *, id: str | None = None, keep_running: bool = False) -> str:
+        """Run ``job`` here and now, returning its id once it has ended: for a
+        worker process that publishes to a shared backend (no web framework,
+        no ``async with`` needed)."""
+        job_id = await self._claimable(job, id)
+        await self._run(job, job_id, keep_running)
+        return job_id
+
+    async def _claimable(self, job: Job[Any], id: str | None) -> str:
+        if not isinstance(job, Job):
+            raise TypeError(f"a resumable job is a Job, got {type(job).__name__}")
+        if id is None:
+            return await self.create()
+        with suppress(JobExists):  # recorded by create(): take it over
+            await self.create(id)  # (publishing() refuses one that runs)
+        return id
+
+    async def _run(
+        self,
+        job: Job[Any],
+        job_id: str,
+        keep_running: bool,
+        *,
+        task_status: TaskStatus[None] = TASK_STATUS_IGNORED,
+    ) -> None:
+        backend = self.backend
+        async with backend.publishing(job_id):
+            task_status.started()
+            channel = Channel(self.max_buffer_bytes)
+            self._running[job_id] = channel
+            trimmer = Trimmer(self.retention)
+            end_id = 0
+            try:
+                async with create_task_group() as tg:
+                    tg.start_soon(self._source, job, channel)
+                    async with create_task_group() as helpers:
+                        if not keep_running:
+                            helpers.start_soon(self._cancel_unwatched, job_id, channel)
+                        helpers.start_soon(self._expire, job_id, trimmer)
+                        end_id = await self._publish(job_id, channel, trimmer)
+                        helpers.cancel_scope.cancel()
+            finally:
+                channel.cancel()  # a no-op after a normal end; else it stops the job
+                del self._running[job_id]
+            if end_id:
+                await _retrying(backend.finish, job_id, end_id, self.retention.max_age)
+
+    async def _source(self, job: Job[Any], channel: Channel) -> None:
+        await run_source(
+            job, channel, encoder=self.encoder, limiter=self.limiter, on_error=self.on_error
+        )
+
+    async def _publish(self, job_id: str, channel: Channel, trimmer: Trimmer) -> int:
+        """Append every batch the job makes; return the last (terminal) id.
+
+        Events are numbered by their place in the channel, which is the number
+        the encoder wrote into them: a Job's events are all numbered, and
+        nothing else enters this channel.
+        """
+        last = 0
+        while True:
+            try:
+                batch = await channel.receive()
+            except EndOfStream:
+                return last
+            if not batch:
+                continue
+            now = current_time()
+            events = []
+            first = trimmer.first
+            for frame in batch:
+                last += 1
+                events.append((last, frame))
+                first = trimmer.add(last, len(frame), now)
+            await _retrying(self.backend.append, job_id, events, first)
+
+    async def _cancel_unwatched(self, job_id: str, channel: Channel) -> None:
+        await _retrying(self.backend.wait_unwatched, job_id, self.grace)
+        logger.info("job %s had no watcher for %ss: cancelling it", job_id, self.grace)
+        channel.end(self._farewell(ABANDONED_ERROR))
+
+    async def _expire(self, job_id: str, trimmer: Trimmer) -> None:
+        """Drop events that age out while the job is silent (appends trim the rest)."""
+        while True:
+            await sleep(self.retention.max_age / 4)
+            first = trimmer.first
+            if trimmer.expire(current_time()) != first:
+                await _retrying(self.backend.append, job_id, (), trimmer.first)
+
+    def watch(self, job_id: str, *, retry: int | None = None) -> Watch:
+        """Job ``job_id`` as a source for :class:`~asgi_sse.EventStream` (or an
+        adapter's response). It resumes after the request's ``Last-Event-ID``
+        header or ``last_event_id`` query parameter; ``retry`` (milliseconds)
+        tells the browser how soon to reconnect."""
+        return Watch(self, job_id, retry=retry)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A resumable job as seen by one request: prepared (status decided) before
+    the response starts, then followed from the client's last event id."""
+
+    jobs: Jobs
+    job_id: str
+    retry: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.retry is not None and (
+            isinstance(self.retry, bool) or not isinstance(self.retry, int) or self.retry < 0
+        ):
+            raise ValueError(
+                f"retry must be a non-negative int of milliseconds, got {self.retry!r}"
+            )
+
+    async def prepare(self, scope: Mapping[str, Any]) -> Refusal | Follow:
+        """Decide the answer: 400 for a bad ``Last-Event-ID``, 404 for an unknown
+        job, 204 once the client has the terminal event, else where to resume."""
+        try:
+            after = parse_event_id(_last_event_id(scope))
+            check_job_id(self.job_id)
+        except BadEventId as exc:
+            return _json_refusal(400, "BadLastEventId", str(exc))
+        except ValueError:
+            return _json_refusal(404, "JobNotFound", "no such job")
+        info = await _retrying(self.jobs.backend.info, self.job_id)
+        if info is None:
+            return _json_refusal(404, "JobNotFound", "no such job")
+        end_id = info.end_id if info.state == "ended" else None
+        if info.state == "lost":
+            end_id = info.last_id + 1  # the JobLost error a watcher sends
+        if after > (info.last_id if end_id is None else end_id):
+            return _json_refusal(
+                400, "BadLastEventId", f"Last-Event-ID {after} is past this job's last event"
+            )
+        if end_id is not None and after >= end_id:
+            return Refusal(204, [("cache-control", "no-store")], b"")
+        return Follow(self, after)
+
+
+class Follow:
+    """The part of a watch that runs inside the response: the log after ``after``."""
+
+    __slots__ = ("after", "watch")
+
+    def __init__(self, watch: Watch, after: int) -> None:
+        self.watch = watch
+        self.after = after
+
+    async def run(self, channel: Channel) -> None:
+        """Copy the log into ``channel``, saying so wherever it has a gap, and
+        close it after the terminal event."""
+        jobs, job_id = self.watch.jobs, self.watch.job_id
+        encoder = jobs.encoder
+        after = self.after
+        if self.watch.retry is not None:
+            channel.put_nowait(b"retry: %d\n\n" % self.watch.retry)
+        async with jobs.backend.watching(job_id):
+            unavailable = False
+            delay, longest = _BACKOFF
+            while True:
+                try:
+                    page = await jobs.backend.read(job_id, after)
+                except BackendUnavailable:
+                    if not unavailable:
+                        unavailable = True
+                        await channel.aput(encoder.message("unavailable", None, _UNAVAILABLE))
+                    await sleep(delay)  # a pause between attempts, not a wait for an event
+                    delay = min(delay * 2, longest)
+                    continue
+                except JobLost:
+                    await channel.aput(encoder.message("error", after + 1, _LOST_ERROR))
+                    channel.close()
+                    return
+                unavailable = False
+                delay = _BACKOFF[0]
+                events = page.events
+                if events and events[0][0] > after + 1:
+                    gap = {"type": "HistoryGone", "last_event_id": after, "next_id": events[0][0]}
+                    await channel.aput(encoder.message("gap", None, gap))
+                for _, frame in events:
+                    await channel.aput(frame)
+                if events:
+                    after = events[-1][0]
+                if page.end_id is not None and after >= page.end_id:
+                    channel.close()
+                    return
+
+
+def _last_event_id(scope: Mapping[str, Any]) -> str | None:
+    """The header a browser sends on reconnect, else the query parameter (for
+    clients that cannot set headers). Given both, they must agree."""
+    header = None
+    for name, value in scope.get("headers", ()):
+        if name == b"last-event-id":
+            if header is not None:
+                raise BadEventId("more than one Last-Event-ID header")
+            header = value.decode("latin-1")
+    query = [
+        v
+        for k, v in parse_qsl(
+            scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+        )
+        if k == "last_event_id"
+    ]
+    if len(query) > 1:
+        raise BadEventId("more than one last_event_id parameter")
+    if query and header is not None and query[0] != header:
+        raise BadEventId("the Last-Event-ID header and the last_event_id parameter differ")
+    return header if header is not None else (query[0] if query else None)
+
+
+def _json_refusal(status: int, kind: str, detail: str) -> Refusal:
+    body = msgspec.json.encode({"type": kind, "detail": detail})
+    headers = [("content-type", "application/json"), ("cache-control", "no-store")]
+    return Refusal(status, headers, body)

@@ -1,0 +1,243 @@
+"""A :class:`~asgi_sse.Backend` on Redis Streams: jobs that any process can
+publish and any process can stream (``pip install 'asgi-sse[redis]'``).
+
+Per job, under one hash tag (so Redis Cluster keeps them in one slot):
+
+- ``{id}:log``, a stream of the encoded events, entry ``N-0`` for event ``N``,
+  trimmed exactly with ``MINID`` on every ``XADD``; entry ``N-1`` marks event
+  ``N`` terminal, so a watcher blocked in ``XREAD`` learns of the end from the
+  stream itself.
+- ``{id}:meta``, a hash: state, terminal id, newest id, how long to keep it.
+- ``{id}:alive``, set by the publisher every ``lease / 3`` seconds with a
+  ``lease`` expiry: a job whose publisher stops refreshing it (its process
+  died) is lost, and its watchers are told so.
+- ``{id}:watched``, likewise set by every watcher: a job whose key has been
+  missing for the grace period has nobody watching.
+
+Explicit entry ids make appends idempotent: a retry after a lost reply finds its
+entries there and adds nothing. redis-py's asyncio client runs on asyncio only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
+from typing import Any, TypeVar
+
+from anyio import create_task_group, current_time, sleep
+
+from ._store import BackendUnavailable, JobExists, JobInfo, JobLost, Page, State
+
+try:
+    from redis import exceptions as redis_errors
+    from redis.asyncio import Redis
+except ImportError:  # pragma: no cover (the message is the point)
+    raise ImportError("asgi_sse.redis needs redis-py: pip install 'asgi-sse[redis]'") from None
+
+__all__ = ["RedisBackend"]
+
+logger = logging.getLogger("asgi_sse")
+T = TypeVar("T")
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'pending', 'last', 0, 'keep', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+# 1: claimed; 0: it has a publisher already; -1: unknown.
+_CLAIM = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state ~= 'pending' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'running')
+redis.call('PERSIST', KEYS[1])
+redis.call('SET', KEYS[2], 1, 'PX', ARGV[1])
+return 1
+"""
+# Leaving without finishing: lost, and forgotten after the job's keep time.
+_ABANDON = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+local keep = redis.call('HGET', KEYS[1], 'keep')
+redis.call('HSET', KEYS[1], 'state', 'lost')
+redis.call('DEL', KEYS[2])
+redis.call('PEXPIRE', KEYS[1], keep)
+redis.call('PEXPIRE', KEYS[3], keep)
+return 1
+"""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class RedisBackend:
+    """Resumable jobs' logs in Redis (5.0 or later; 7 tested), shared by every
+    process that reaches it.
+
+    ``client`` is a ``redis.asyncio.Redis`` (its ``socket_timeout``, if set,
+    must be longer than ``block``); ``prefix`` namespaces the keys. ``lease``
+    is how long a publisher or watcher counts as present after its last sign
+    of life: it bounds how soon a dead publisher is noticed, and adds to a job's
+    grace period. ``block`` is the longest a blocking read waits before the
+    watcher checks that the publisher is alive.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = "asgi-sse:",
+        lease: float = 3.0,
+        block: float = 1.0,
+        page: int = 512,
+    ) -> None:
+        if not lease > 0 or not block > 0:
+            raise ValueError("lease and block must be positive numbers of seconds")
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("RedisBackend stores bytes: give it a client without decode_responses")
+        self.client = client
+        self.prefix = prefix
+        self.lease = lease
+        self.block = block
+        self.page = page
+        self._create = client.register_script(_CREATE)
+        self._claim = client.register_script(_CLAIM)
+        self._abandon = client.register_script(_ABANDON)
+
+    def _key(self, job_id: str, part: str) -> str:
+        return f"{self.prefix}{{{job_id}}}:{part}"
+
+    async def _call(self, call: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Redis's connection errors as the backend-neutral :class:`BackendUnavailable`."""
+        try:
+            return await call(*args, **kwargs)
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            raise BackendUnavailable(f"redis: {exc}") from exc
+
+    async def create(self, job_id: str, keep: float) -> None:
+        meta = self._key(job_id, "meta")
+        if not await self._call(self._create, keys=[meta], args=[_ms(keep)]):
+            raise JobExists(f"job {job_id!r} already exists")
+
+    @asynccontextmanager
+    async def publishing(self, job_id: str) -> AsyncIterator[None]:
+        meta, alive, log = (self._key(job_id, p) for p in ("meta", "alive", "log"))
+        claimed = await self._call(self._claim, keys=[meta, alive], args=[_ms(self.lease)])
+        if claimed == -1:
+            raise JobLost(f"no job {job_id!r}")
+        if claimed == 0:
+            raise JobExists(f"job {job_id!r} already has a publisher")
+        try:
+            async with create_task_group() as tg:
+                tg.start_soon(self._keep_alive, alive)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            try:
+                await self._call(self._abandon, keys=[meta, alive, log])
+            except BackendUnavailable:
+                logger.warning("could not mark job %s lost; its lease will run out", job_id)
+
+    async def _keep_alive(self, alive: str) -> None:
+        while True:
+            await sleep(self.lease / 3)  # a lease renewal period, not a wait for an event
+            with suppress(BackendUnavailable):  # renewed on the next round: watchers
+                await self._call(self.client.set, alive, 1, px=_ms(self.lease))  # wait a lease
+
+    async def append(self, job_id: str, events: Sequence[tuple[int, bytes]], first: int) -> None:
+        log, meta = self._key(job_id, "log"), self._key(job_id, "meta")
+        pipe = self.client.pipeline(transaction=True)
+        for event_id, frame in events:
+            pipe.xadd(log, {"d": frame}, id=f"{event_id}-0", minid=f"{first}-0", approximate=False)
+        if events:
+            pipe.hset(meta, "last", events[-1][0])
+        else:
+            pipe.xtrim(log, minid=f"{first}-0", approximate=False)
+        await self._execute(pipe)
+
+    async def _execute(self, pipe: Any) -> None:
+        try:
+            await self._call(pipe.execute)
+        except redis_errors.ResponseError as exc:
+            # Entries already there: a retry of an append whose reply was lost
+            # (a transaction either ran whole or not at all).
+            if "equal or smaller" not in str(exc):
+                raise
+
+    async def finish(self, job_id: str, end_id: int, keep: float) -> None:
+        log, meta, alive = (self._key(job_id, p) for p in ("log", "meta", "alive"))
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(meta, mapping={"state": "ended", "end": end_id})
+        pipe.delete(alive)
+        pipe.pexpire(meta, _ms(keep))
+        pipe.xadd(log, {"e": 1}, id=f"{end_id}-1")
+        pipe.pexpire(log, _ms(keep))
+        await self._execute(pipe)
+
+    async def info(self, job_id: str) -> JobInfo | None:
+        meta, alive = self._key(job_id, "meta"), self._key(job_id, "alive")
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hmget(meta, "state", "last", "end")
+        pipe.exists(alive)
+        (state, last, end), is_alive = await self._call(pipe.execute)
+        if state is None:
+            return None
+        status: State = state.decode()
+        if status == "running" and not is_alive:
+            status = "lost"
+        return JobInfo(status, int(last), None if end is None else int(end))
+
+    async def read(self, job_id: str, after: int) -> Page:
+        log = self._key(job_id, "log")
+        reply: Any = await self._call(
+            self.client.xread, {log: f"{after}-0"}, count=self.page, block=_ms(self.block)
+        )
+        if reply:
+            events: list[tuple[int, bytes]] = []
+            end_id = None
+            for entry_id, fields in reply[0][1]:
+                number, _, sub = entry_id.partition(b"-")
+                if sub == b"1":  # the end marker
+                    end_id = int(number)
+                else:
+                    events.append((int(number), fields[b"d"]))
+            return Page(events, end_id)
+        # Nothing for a while: is anyone still publishing?
+        info = await self.info(job_id)
+        if info is not None and info.state == "lost":
+            # Give a publisher cut off from Redis (a restart) one lease to come back.
+            await sleep(self.lease)  # a lease period, not a wait for an event
+            info = await self.info(job_id)
+        if info is None or info.state == "lost":
+            raise JobLost(f"job {job_id!r} is gone")
+        return Page((), info.end_id)
+
+    @asynccontextmanager
+    async def watching(self, job_id: str) -> AsyncIterator[None]:
+        watched = self._key(job_id, "watched")
+        async with create_task_group() as tg:
+            tg.start_soon(self._watch, watched)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _watch(self, watched: str) -> None:
+        while True:
+            with suppress(BackendUnavailable):  # renewed on the next round
+                await self._call(self.client.set, watched, 1, px=_ms(self.lease))
+            await sleep(self.lease / 3)  # a lease renewal period, not a wait for an event
+
+    async def wait_unwatched(self, job_id: str, grace: float) -> None:
+        watched = self._key(job_id, "watched")
+        unwatched_since = current_time()  # a new job counts as unwatched until someone comes
+        while True:
+            if await self._call(self.client.exists, watched):
+                unwatched_since = current_time()
+            elif current_time() - unwatched_since >= grace:
+                return
+            await sleep(min(self.lease, max(grace, 0.01)) / 3)  # a lease check period

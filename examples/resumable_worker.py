@@ -1,0 +1,38 @@
+"""A worker process: plain Python, no web framework. It takes jobs from a Redis
+list and runs each one, publishing its progress to Redis, where any web process
+of ``examples/resumable.py`` streams it to clients.
+
+    ASGI_SSE_REDIS_URL=redis://127.0.0.1:6379/0 python -m examples.resumable_worker
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from functools import partial
+
+import anyio
+from redis.asyncio import Redis
+
+from asgi_sse import Job, Jobs
+from asgi_sse.redis import RedisBackend
+from examples.resumable import QUEUE, crunch
+
+
+async def main() -> None:
+    client = Redis.from_url(os.environ["ASGI_SSE_REDIS_URL"])
+    lease = float(os.environ.get("ASGI_SSE_LEASE", "3"))
+    jobs = Jobs(RedisBackend(client, lease=lease, block=min(1.0, lease)))
+    async with anyio.create_task_group() as tg:
+        while True:
+            _, raw = await client.blpop([QUEUE])  # type: ignore[misc]
+            task = json.loads(raw)
+            job = Job(crunch, task["steps"], task["interval"])
+            tg.start_soon(partial(jobs.run, job, id=task["id"]))
+            print(f"worker: started {task['id']}", flush=True)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    anyio.run(main)
