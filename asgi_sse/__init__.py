@@ -29,8 +29,9 @@ from ._response import (
     StreamOptions,
     stream_progress,
 )
-from ._resumable import ABANDONED_ERROR, Jobs, Watch
+from ._resumable import ABANDONED_ERROR, Jobs
 from ._store import Backend, BackendUnavailable, JobExists, JobInfo, JobLost, MemoryBackend, Page
+from ._watch import Watch
 
 __all__ = [
     "ABANDONED_ERROR",

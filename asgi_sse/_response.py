@@ -46,7 +46,7 @@ from ._http import Headers, Message, Receive, Refusal, Scope, Send, check_header
 from ._hub import SCOPE_KEY, Hub, Ticket
 from ._jobs import Job, run_source
 from ._jobs import Source as _RunSource
-from ._resumable import Follow, Watch
+from ._watch import Follow, Watch
 
 __all__ = [
     "DEFAULT_BUFFER_BYTES",

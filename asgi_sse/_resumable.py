@@ -6,21 +6,17 @@ The publisher is the same thread bridge as a plain stream (a :class:`Channel`
 fed by :func:`run_source`), drained by one task that numbers the events and
 appends each batch to the backend. If the backend is unreachable the task
 retries the same batch, the channel fills and the job waits in its next
-report: backpressure, not loss. A watcher is a source for
-:class:`~asgi_sse.EventStream`, so heartbeats, send timeouts, disconnects,
-adapters and the middleware work for it as for any stream.
+report: backpressure, not loss. Clients follow the log
+with a :class:`~asgi_sse.Watch` (``_watch``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qsl
 
-import msgspec
 from anyio import (
     TASK_STATUS_IGNORED,
     CapacityLimiter,
@@ -33,17 +29,17 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._bridge import Channel
 from ._encoder import Encoder
-from ._http import Refusal
 from ._jobs import Job, run_source
-from ._log import BadEventId, Retention, Trimmer, check_job_id, new_job_id, parse_event_id
-from ._store import Backend, BackendUnavailable, JobExists, JobLost, MemoryBackend
+from ._log import Retention, Trimmer, check_job_id, new_job_id
+from ._store import Backend, JobExists, MemoryBackend, retrying
+from ._watch import Watch
 
 if TYPE_CHECKING:
     from typing_extensions import ParamSpec
 
     P = ParamSpec("P")
 
-__all__ = ["ABANDONED_ERROR", "Jobs", "Watch"]
+__all__ = ["ABANDONED_ERROR", "Jobs"]
 
 logger = logging.getLogger("asgi_sse")
 T = TypeVar("T")
@@ -51,21 +47,6 @@ T = TypeVar("T")
 #: The data of the ``error`` event that ends a job nobody watched for its grace period.
 ABANDONED_ERROR = {"type": "JobAbandoned"}
 _SHUTDOWN_ERROR = {"type": "ServerShutdown"}
-_LOST_ERROR = {"type": "JobLost"}
-_UNAVAILABLE = {"type": "BackendUnavailable"}
-_BACKOFF = (0.05, 1.0)  # first and longest wait between retries of an unreachable backend
-
-
-async def _retrying(call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Await ``call`` until the backend answers: its operations are idempotent."""
-    delay, longest = _BACKOFF
-    while True:
-        try:
-            return await call(*args, **kwargs)
-        except BackendUnavailable as exc:
-            logger.warning("job backend unavailable (%s); retrying in %.2fs", exc, delay)
-        await sleep(delay)  # a pause between attempts, not a wait for an event
-        delay = min(delay * 2, longest)
 
 
 class Jobs:
@@ -114,13 +95,14 @@ class Jobs:
         self._tg: TaskGroup | None = None
         self._running: dict[str, Channel] = {}
 
-    async def __aenter__(self) -> Jobs:
+    async def __aenter__(self) -> None:
+        # None, not self: Starlette's lifespan takes a non-None value for state
+        # to merge, so ``lifespan=lambda app: jobs`` works as it is.
         if self._tg is not None:
             raise RuntimeError("this Jobs is already running")
         tg = create_task_group()
         await tg.__aenter__()
         self._tg = tg
-        return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         tg, self._tg = self._tg, None
@@ -136,7 +118,7 @@ class Jobs:
         """Record a job that another process will run (:meth:`run` with this id),
         so that clients can watch it at once; they wait until it starts. Returns its id."""
         job_id = new_job_id() if id is None else check_job_id(id)
-        await _retrying(self.backend.create, job_id, self.retention.max_age)
+        await retrying(self.backend.create, job_id, self.retention.max_age)
         return job_id
 
     async def start(
@@ -198,7 +180,7 @@ class Jobs:
                 channel.cancel()  # a no-op after a normal end; else it stops the job
                 del self._running[job_id]
             if end_id:
-                await _retrying(backend.finish, job_id, end_id, self.retention.max_age)
+                await retrying(backend.finish, job_id, end_id, self.retention.max_age)
 
     async def _source(self, job: Job[Any], channel: Channel) -> None:
         await run_source(
@@ -227,10 +209,10 @@ class Jobs:
                 last += 1
                 events.append((last, frame))
                 first = trimmer.add(last, len(frame), now)
-            await _retrying(self.backend.append, job_id, events, first)
+            await retrying(self.backend.append, job_id, events, first)
 
     async def _cancel_unwatched(self, job_id: str, channel: Channel) -> None:
-        await _retrying(self.backend.wait_unwatched, job_id, self.grace)
+        await retrying(self.backend.wait_unwatched, job_id, self.grace)
         logger.info("job %s had no watcher for %ss: cancelling it", job_id, self.grace)
         channel.end(self._farewell(ABANDONED_ERROR))
 
@@ -240,131 +222,11 @@ class Jobs:
             await sleep(self.retention.max_age / 4)
             first = trimmer.first
             if trimmer.expire(current_time()) != first:
-                await _retrying(self.backend.append, job_id, (), trimmer.first)
+                await retrying(self.backend.append, job_id, (), trimmer.first)
 
     def watch(self, job_id: str, *, retry: int | None = None) -> Watch:
         """Job ``job_id`` as a source for :class:`~asgi_sse.EventStream` (or an
         adapter's response). It resumes after the request's ``Last-Event-ID``
         header or ``last_event_id`` query parameter; ``retry`` (milliseconds)
         tells the browser how soon to reconnect."""
-        return Watch(self, job_id, retry=retry)
-
-
-@dataclass(frozen=True)
-class Watch:
-    """A resumable job as seen by one request: prepared (status decided) before
-    the response starts, then followed from the client's last event id."""
-
-    jobs: Jobs
-    job_id: str
-    retry: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.retry is not None and (
-            isinstance(self.retry, bool) or not isinstance(self.retry, int) or self.retry < 0
-        ):
-            raise ValueError(
-                f"retry must be a non-negative int of milliseconds, got {self.retry!r}"
-            )
-
-    async def prepare(self, scope: Mapping[str, Any]) -> Refusal | Follow:
-        """Decide the answer: 400 for a bad ``Last-Event-ID``, 404 for an unknown
-        job, 204 once the client has the terminal event, else where to resume."""
-        try:
-            after = parse_event_id(_last_event_id(scope))
-            check_job_id(self.job_id)
-        except BadEventId as exc:
-            return _json_refusal(400, "BadLastEventId", str(exc))
-        except ValueError:
-            return _json_refusal(404, "JobNotFound", "no such job")
-        info = await _retrying(self.jobs.backend.info, self.job_id)
-        if info is None:
-            return _json_refusal(404, "JobNotFound", "no such job")
-        end_id = info.end_id if info.state == "ended" else None
-        if info.state == "lost":
-            end_id = info.last_id + 1  # the JobLost error a watcher sends
-        if after > (info.last_id if end_id is None else end_id):
-            return _json_refusal(
-                400, "BadLastEventId", f"Last-Event-ID {after} is past this job's last event"
-            )
-        if end_id is not None and after >= end_id:
-            return Refusal(204, [("cache-control", "no-store")], b"")
-        return Follow(self, after)
-
-
-class Follow:
-    """The part of a watch that runs inside the response: the log after ``after``."""
-
-    __slots__ = ("after", "watch")
-
-    def __init__(self, watch: Watch, after: int) -> None:
-        self.watch = watch
-        self.after = after
-
-    async def run(self, channel: Channel) -> None:
-        """Copy the log into ``channel``, saying so wherever it has a gap, and
-        close it after the terminal event."""
-        jobs, job_id = self.watch.jobs, self.watch.job_id
-        encoder = jobs.encoder
-        after = self.after
-        if self.watch.retry is not None:
-            channel.put_nowait(b"retry: %d\n\n" % self.watch.retry)
-        async with jobs.backend.watching(job_id):
-            unavailable = False
-            delay, longest = _BACKOFF
-            while True:
-                try:
-                    page = await jobs.backend.read(job_id, after)
-                except BackendUnavailable:
-                    if not unavailable:
-                        unavailable = True
-                        await channel.aput(encoder.message("unavailable", None, _UNAVAILABLE))
-                    await sleep(delay)  # a pause between attempts, not a wait for an event
-                    delay = min(delay * 2, longest)
-                    continue
-                except JobLost:
-                    await channel.aput(encoder.message("error", after + 1, _LOST_ERROR))
-                    channel.close()
-                    return
-                unavailable = False
-                delay = _BACKOFF[0]
-                events = page.events
-                if events and events[0][0] > after + 1:
-                    gap = {"type": "HistoryGone", "last_event_id": after, "next_id": events[0][0]}
-                    await channel.aput(encoder.message("gap", None, gap))
-                for _, frame in events:
-                    await channel.aput(frame)
-                if events:
-                    after = events[-1][0]
-                if page.end_id is not None and after >= page.end_id:
-                    channel.close()
-                    return
-
-
-def _last_event_id(scope: Mapping[str, Any]) -> str | None:
-    """The header a browser sends on reconnect, else the query parameter (for
-    clients that cannot set headers). Given both, they must agree."""
-    header = None
-    for name, value in scope.get("headers", ()):
-        if name == b"last-event-id":
-            if header is not None:
-                raise BadEventId("more than one Last-Event-ID header")
-            header = value.decode("latin-1")
-    query = [
-        v
-        for k, v in parse_qsl(
-            scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
-        )
-        if k == "last_event_id"
-    ]
-    if len(query) > 1:
-        raise BadEventId("more than one last_event_id parameter")
-    if query and header is not None and query[0] != header:
-        raise BadEventId("the Last-Event-ID header and the last_event_id parameter differ")
-    return header if header is not None else (query[0] if query else None)
-
-
-def _json_refusal(status: int, kind: str, detail: str) -> Refusal:
-    body = msgspec.json.encode({"type": kind, "detail": detail})
-    headers = [("content-type", "application/json"), ("cache-control", "no-store")]
-    return Refusal(status, headers, body)
+        return Watch(self.backend, self.encoder, job_id, retry=retry)

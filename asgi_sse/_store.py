@@ -16,13 +16,25 @@ contract tests against every backend.
 from __future__ import annotations
 
 import heapq
+import logging
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
-from anyio import Event, current_time, move_on_after
+from anyio import Event, current_time, move_on_after, sleep
+
+if TYPE_CHECKING:
+    from typing_extensions import ParamSpec
+
+    P = ParamSpec("P")
+
+logger = logging.getLogger("asgi_sse")
+T = TypeVar("T")
+
+#: The first and the longest pause between attempts to reach a backend.
+BACKOFF = (0.05, 1.0)
 
 __all__ = [
     "Backend",
@@ -32,6 +44,7 @@ __all__ = [
     "JobLost",
     "MemoryBackend",
     "Page",
+    "retrying",
 ]
 
 State = Literal["pending", "running", "ended", "lost"]
@@ -110,6 +123,18 @@ class Backend(Protocol):
 
     async def wait_unwatched(self, job_id: str, grace: float) -> None:
         """Return once the job has had no watcher for ``grace`` seconds."""
+
+
+async def retrying(call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Await ``call`` until the backend answers: its operations are idempotent."""
+    delay, longest = BACKOFF
+    while True:
+        try:
+            return await call(*args, **kwargs)
+        except BackendUnavailable as exc:
+            logger.warning("job backend unavailable (%s); retrying in %.2fs", exc, delay)
+        await sleep(delay)  # a pause between attempts, not a wait for an event
+        delay = min(delay * 2, longest)
 
 
 class _Log:

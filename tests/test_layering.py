@@ -26,14 +26,14 @@ def imports(module: str) -> set[str]:
     return found - {"__future__"}
 
 
-@pytest.mark.parametrize("module", ["_events", "_encoder", "_exceptions"])
+@pytest.mark.parametrize("module", ["_events", "_encoder", "_exceptions", "_log"])
 def test_sans_io_modules_use_the_standard_library_and_msgspec_only(module: str) -> None:
     outside = {name for name in imports(module) if not name.startswith(".")} - STDLIB
     assert outside <= {"msgspec", "unidecode"}, outside  # unidecode: optional, on request
     assert "._bridge" not in imports(module)
 
 
-@pytest.mark.parametrize("module", ["_bridge", "_jobs"])
+@pytest.mark.parametrize("module", ["_bridge", "_jobs", "_store", "_resumable", "redis"])
 def test_the_bridge_and_jobs_know_nothing_of_asgi(module: str) -> None:
     source = (PACKAGE / f"{module}.py").read_text()
     assert "._response" not in imports(module)
@@ -52,6 +52,12 @@ def test_only_the_top_layer_speaks_asgi_messages() -> None:
 
 def test_the_hub_knows_nothing_of_asgi() -> None:
     assert {name for name in imports("_hub") if name.startswith(".")} == set()
+
+
+@pytest.mark.parametrize("module", ["_store", "redis"])
+def test_backends_see_only_the_log_rules_and_each_other(module: str) -> None:
+    """A backend stores and notifies; it knows nothing of streams, jobs or HTTP."""
+    assert {name for name in imports(module) if name.startswith(".")} <= {"._store", "._log"}
 
 
 ADAPTERS = Path(__file__).parent.parent / "adapters"

@@ -10,6 +10,8 @@ import httpx
 import pytest
 from conftest import BOUND, call_app, parse, serve
 
+from asgi_sse import Reporter
+
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
 
@@ -43,3 +45,26 @@ async def test_the_more_control_example_runs() -> None:
     ]
     custom = parse((await call_app(example["custom"]())).body)
     assert [e["event"] for e in custom] == ["greeting", "message", "completed"]
+
+
+def test_the_resumable_example_resumes_after_the_last_event_id() -> None:
+    def build_report(pages: int, on_progress: Reporter) -> dict[str, int]:
+        for page in range(pages):
+            on_progress("page", {"page": page})
+        return {"pages": pages}
+
+    source = blocks("python")[2]
+    assert "jobs.watch(" in source
+    example = run("build_report = None\n" + source)
+    example["build_report"] = build_report  # the README leaves the work to the reader
+    with serve(example["app"], wrap=False) as server, httpx.Client(timeout=BOUND) as client:
+        job_id = client.post(server.url + "jobs").json()["id"]
+        events = parse(client.get(f"{server.url}jobs/{job_id}/events").content)
+        assert [e["id"] for e in events] == [str(i) for i in range(1, 22)]
+        rest = client.get(f"{server.url}jobs/{job_id}/events", headers={"last-event-id": "19"})
+        assert [(e["id"], e["event"]) for e in parse(rest.content)] == [
+            ("20", "progress"),
+            ("21", "completed"),
+        ]
+        again = client.get(f"{server.url}jobs/{job_id}/events", headers={"last-event-id": "21"})
+        assert again.status_code == 204

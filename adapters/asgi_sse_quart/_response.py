@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 from quart import Response, request
 from quart.wrappers.response import ResponseBody
 
-from asgi_sse import EventStream, Headers, Source, StreamOptions
+from asgi_sse import EventStream, Headers, Refusal, Source, StreamOptions, Watch
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack is Python 3.11+
@@ -59,21 +59,58 @@ class EventStreamResponse(Response):
         headers: Headers | None = None,
         **stream_options: Unpack[StreamOptions],
     ) -> None:
-        stream = EventStream(source, headers=headers, **stream_options)
-        # Quart types its scope as hypercorn's TypedDicts; asgi-sse takes any ASGI scope.
-        scope = cast("MutableMapping[str, Any]", request.scope)
+        if isinstance(source, Watch):
+            raise TypeError(
+                "a resumable job's status (200, 204, 400 or 404) is decided before the"
+                " response: return await EventStreamResponse.resume(watch) instead"
+            )
+        self._start(EventStream(source, headers=headers, **stream_options))
+
+    @classmethod
+    async def resume(
+        cls,
+        watch: Watch,
+        /,
+        *,
+        headers: Headers | None = None,
+        **stream_options: Unpack[StreamOptions],
+    ) -> Response:
+        """Follow a resumable job (:meth:`asgi_sse.Jobs.watch`) from the request's
+        ``Last-Event-ID``: the stream, or the 204/400/404 to send instead.
+
+        Async, unlike the constructor, because Quart sends the status before
+        the body, and the status depends on the job's log."""
+        stream = EventStream(watch, headers=headers, **stream_options)
+        answer = await stream.prepare(_scope())
+        response = cls.__new__(cls)
+        if answer is not None:
+            response._refuse(answer)
+        else:
+            response._start(stream)
+        return response
+
+    def _start(self, stream: EventStream) -> None:
+        scope = _scope()
         refusal = stream.refusal(scope)
         if refusal is not None:
-            super().__init__(status=refusal.status)
-            self._replace_headers(refusal.headers)
-            self.set_data(refusal.body)
+            self._refuse(refusal)
             return
         super().__init__(_EventStreamBody(stream, scope), status=200)
         self._replace_headers((n.decode("latin-1"), v.decode("latin-1")) for n, v in stream.headers)
         # Quart cuts every response at RESPONSE_TIMEOUT; a stream ends with its job.
         self.timeout = None
 
+    def _refuse(self, refusal: Refusal) -> None:
+        super().__init__(status=refusal.status)
+        self._replace_headers(refusal.headers)
+        self.set_data(refusal.body)
+
     def _replace_headers(self, pairs: Iterable[tuple[str, str]]) -> None:
         """asgi-sse's headers, in place of Quart's default content-type."""
         self.headers.clear()
         self.headers.extend(pairs)
+
+
+def _scope() -> MutableMapping[str, Any]:
+    # Quart types its scope as hypercorn's TypedDicts; asgi-sse takes any ASGI scope.
+    return cast("MutableMapping[str, Any]", request.scope)

@@ -1,0 +1,148 @@
+"""Following a resumable job's log from a client's ``Last-Event-ID``.
+
+A :class:`Watch` is a source for :class:`~asgi_sse.EventStream`, so heartbeats,
+send timeouts, disconnects, the adapters and the middleware work for it as for
+any stream. Its answer is decided before the response starts (:meth:`Watch.prepare`),
+since 204, 400 and 404 are statuses; then :class:`Follow` copies the log into the
+stream's channel with one cursor, replay and live alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import msgspec
+from anyio import sleep
+
+from ._bridge import Channel
+from ._encoder import Encoder
+from ._http import Refusal
+from ._log import BadEventId, check_job_id, parse_event_id
+from ._store import BACKOFF, Backend, BackendUnavailable, JobLost, retrying
+
+__all__ = ["Follow", "Watch"]
+
+_LOST_ERROR = {"type": "JobLost"}
+_UNAVAILABLE = {"type": "BackendUnavailable"}
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A resumable job as seen by one request: prepared (status decided) before
+    the response starts, then followed from the client's last event id."""
+
+    backend: Backend
+    encoder: Encoder
+    job_id: str
+    retry: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.retry is not None and (
+            isinstance(self.retry, bool) or not isinstance(self.retry, int) or self.retry < 0
+        ):
+            raise ValueError(
+                f"retry must be a non-negative int of milliseconds, got {self.retry!r}"
+            )
+
+    async def prepare(self, scope: Mapping[str, Any]) -> Refusal | Follow:
+        """Decide the answer: 400 for a bad ``Last-Event-ID``, 404 for an unknown
+        job, 204 once the client has the terminal event, else where to resume."""
+        try:
+            after = parse_event_id(_last_event_id(scope))
+            check_job_id(self.job_id)
+        except BadEventId as exc:
+            return _json_refusal(400, "BadLastEventId", str(exc))
+        except ValueError:
+            return _json_refusal(404, "JobNotFound", "no such job")
+        info = await retrying(self.backend.info, self.job_id)
+        if info is None:
+            return _json_refusal(404, "JobNotFound", "no such job")
+        end_id = info.end_id if info.state == "ended" else None
+        if info.state == "lost":
+            end_id = info.last_id + 1  # the JobLost error a watcher sends
+        if after > (info.last_id if end_id is None else end_id):
+            return _json_refusal(
+                400, "BadLastEventId", f"Last-Event-ID {after} is past this job's last event"
+            )
+        if end_id is not None and after >= end_id:
+            return Refusal(204, [("cache-control", "no-store")], b"")
+        return Follow(self, after)
+
+
+class Follow:
+    """The part of a watch that runs inside the response: the log after ``after``."""
+
+    __slots__ = ("after", "watch")
+
+    def __init__(self, watch: Watch, after: int) -> None:
+        self.watch = watch
+        self.after = after
+
+    async def run(self, channel: Channel) -> None:
+        """Copy the log into ``channel`` and close it after the terminal event;
+        a job that disappears meanwhile ends with ``JobLost``."""
+        if self.watch.retry is not None:
+            channel.put_nowait(b"retry: %d\n\n" % self.watch.retry)
+        try:
+            async with self.watch.backend.watching(self.watch.job_id):
+                await self._copy(channel)
+        except JobLost:
+            lost = self.watch.encoder.message("error", self.after + 1, _LOST_ERROR)
+            await channel.aput(lost)
+        channel.close()
+
+    async def _copy(self, channel: Channel) -> None:
+        """Follow the cursor ``self.after``, saying so wherever the log has a gap
+        and while the backend cannot be reached."""
+        backend, job_id, encoder = self.watch.backend, self.watch.job_id, self.watch.encoder
+        unavailable = False
+        delay, longest = BACKOFF
+        while True:
+            try:
+                page = await backend.read(job_id, self.after)
+            except BackendUnavailable:
+                if not unavailable:
+                    unavailable = True
+                    await channel.aput(encoder.message("unavailable", None, _UNAVAILABLE))
+                await sleep(delay)  # a pause between attempts, not a wait for an event
+                delay = min(delay * 2, longest)
+                continue
+            unavailable = False
+            delay = BACKOFF[0]
+            events = page.events
+            if events and events[0][0] > self.after + 1:
+                gap = {"type": "HistoryGone", "last_event_id": self.after, "next_id": events[0][0]}
+                await channel.aput(encoder.message("gap", None, gap))
+            for _, frame in events:
+                await channel.aput(frame)
+            if events:
+                self.after = events[-1][0]
+            if page.end_id is not None and self.after >= page.end_id:
+                return
+
+
+def _last_event_id(scope: Mapping[str, Any]) -> str | None:
+    """The header a browser sends on reconnect, else the query parameter (for
+    clients that cannot set headers). Given both, they must agree."""
+    header = None
+    for name, value in scope.get("headers", ()):
+        if name == b"last-event-id":
+            if header is not None:
+                raise BadEventId("more than one Last-Event-ID header")
+            header = value.decode("latin-1")
+    pairs = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    query = [value for key, value in pairs if key == "last_event_id"]
+    if len(query) > 1:
+        raise BadEventId("more than one last_event_id parameter")
+    if query and header is not None and query[0] != header:
+        raise BadEventId("the Last-Event-ID header and the last_event_id parameter differ")
+    return header if header is not None else (query[0] if query else None)
+
+
+def _json_refusal(status: int, kind: str, detail: str) -> Refusal:
+    body = msgspec.json.encode({"type": kind, "detail": detail})
+    headers = [("content-type", "application/json"), ("cache-control", "no-store")]
+    return Refusal(status, headers, body)
