@@ -63,10 +63,10 @@ class Trimmer:
     count, bytes and age. Ids are consecutive from 1, so the log is described
     by its first kept id; the backend drops every event before it."""
 
-    __slots__ = ("_bytes", "_kept", "_retention", "first")
+    __slots__ = ("_bytes", "_kept", "first", "retention")
 
     def __init__(self, retention: Retention) -> None:
-        self._retention = retention
+        self.retention = retention
         self._kept: deque[tuple[int, int, float]] = deque()  # (id, size, time appended)
         self._bytes = 0
         self.first = 1  # the first id kept
@@ -75,14 +75,14 @@ class Trimmer:
         """Count an appended event; return the first id to keep."""
         self._kept.append((event_id, size, now))
         self._bytes += size
-        r = self._retention
+        r = self.retention
         while len(self._kept) > 1 and (len(self._kept) > r.max_events or self._bytes > r.max_bytes):
             self._drop()
         return self.expire(now)
 
     def expire(self, now: float) -> int:
         """Drop what has aged out, the newest event excepted; return the first id to keep."""
-        horizon = now - self._retention.max_age
+        horizon = now - self.retention.max_age
         while len(self._kept) > 1 and self._kept[0][2] <= horizon:
             self._drop()
         return self.first

@@ -214,10 +214,11 @@ class EventStream:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             raise RuntimeError(f"EventStream serves HTTP requests, not {scope['type']!r}")
-        answer = await self.prepare(scope)
-        if answer is not None:
-            await answer(scope, receive, send)
-            return
+        if isinstance(self.source, Watch):
+            answer = await self.prepare(scope)
+            if answer is not None:
+                await answer(scope, receive, send)
+                return
         hub: Hub | None = scope.get(SCOPE_KEY)
         channel = Channel(self.max_buffer_bytes)
         ticket = None

@@ -62,7 +62,8 @@ class Jobs:
     lifespan: the jobs run in its task group, and leaving it ends them with an
     ``error`` event (``{"type": "ServerShutdown"}``) after what they reported.
 
-    - ``retention``: how much of each log is kept, and for how long after the end.
+    - ``retention``: how much of each log is kept, and for how long after the
+      end (``start`` and ``run`` take one per job too).
     - ``grace``: seconds a job may go unwatched before it is cancelled (and ended
       with ``{"type": "JobAbandoned"}``), so that a quick reconnect finds it
       still running; ``start(..., keep_running=True)`` opts a job out.
@@ -122,7 +123,12 @@ class Jobs:
         return job_id
 
     async def start(
-        self, job: Job[Any], *, id: str | None = None, keep_running: bool = False
+        self,
+        job: Job[Any],
+        *,
+        id: str | None = None,
+        keep_running: bool = False,
+        retention: Retention | None = None,
     ) -> str:
         """Start ``job`` in the background and return its id (``id``, or a new
         unguessable one). An ``id`` that :meth:`create` recorded is taken over;
@@ -132,15 +138,22 @@ class Jobs:
                 "Jobs is not running: enter it (async with jobs) in the app's lifespan"
             )
         job_id = await self._claimable(job, id)
-        await self._tg.start(self._run, job, job_id, keep_running)
+        await self._tg.start(self._run, job, job_id, keep_running, retention or self.retention)
         return job_id
 
-    async def run(self, job: Job[Any], *, id: str | None = None, keep_running: bool = False) -> str:
+    async def run(
+        self,
+        job: Job[Any],
+        *,
+        id: str | None = None,
+        keep_running: bool = False,
+        retention: Retention | None = None,
+    ) -> str:
         """Run ``job`` here and now, returning its id once it has ended: for a
         worker process that publishes to a shared backend (no web framework,
         no ``async with`` needed)."""
         job_id = await self._claimable(job, id)
-        await self._run(job, job_id, keep_running)
+        await self._run(job, job_id, keep_running, retention or self.retention)
         return job_id
 
     async def _claimable(self, job: Job[Any], id: str | None) -> str:
@@ -157,6 +170,7 @@ class Jobs:
         job: Job[Any],
         job_id: str,
         keep_running: bool,
+        retention: Retention,
         *,
         task_status: TaskStatus[None] = TASK_STATUS_IGNORED,
     ) -> None:
@@ -165,7 +179,7 @@ class Jobs:
             task_status.started()
             channel = Channel(self.max_buffer_bytes)
             self._running[job_id] = channel
-            trimmer = Trimmer(self.retention)
+            trimmer = Trimmer(retention)
             end_id = 0
             try:
                 async with create_task_group() as tg:
@@ -180,7 +194,7 @@ class Jobs:
                 channel.cancel()  # a no-op after a normal end; else it stops the job
                 del self._running[job_id]
             if end_id:
-                await retrying(backend.finish, job_id, end_id, self.retention.max_age)
+                await retrying(backend.finish, job_id, end_id, retention.max_age)
 
     async def _source(self, job: Job[Any], channel: Channel) -> None:
         await run_source(
@@ -219,7 +233,7 @@ class Jobs:
     async def _expire(self, job_id: str, trimmer: Trimmer) -> None:
         """Drop events that age out while the job is silent (appends trim the rest)."""
         while True:
-            await sleep(self.retention.max_age / 4)
+            await sleep(trimmer.retention.max_age / 4)
             first = trimmer.first
             if trimmer.expire(current_time()) != first:
                 await retrying(self.backend.append, job_id, (), trimmer.first)

@@ -143,18 +143,20 @@ class _Log:
         "end_id",
         "events",
         "expires",
+        "keep",
         "last_id",
         "presence",
         "state",
         "watchers",
     )
 
-    def __init__(self, expires: float) -> None:
+    def __init__(self, keep: float) -> None:
+        self.keep = keep  # how long it is kept without a publisher
         self.events: deque[tuple[int, bytes]] = deque()
         self.last_id = 0
         self.end_id: int | None = None
         self.state: State = "pending"
-        self.expires = expires  # when to forget it, while pending or ended
+        self.expires = 0.0  # when to forget it, unless it is running
         self.watchers = 0
         self.changed = Event()  # replaced (after being set) on every append and state change
         self.presence = Event()  # likewise, whenever the number of watchers changes
@@ -200,7 +202,7 @@ class MemoryBackend:
         self._forget_expired()
         if job_id in self._logs:
             raise JobExists(f"job {job_id!r} already exists")
-        log = self._logs[job_id] = _Log(0.0)
+        log = self._logs[job_id] = _Log(keep)
         self._expire_in(log, job_id, keep)
 
     @asynccontextmanager
@@ -215,7 +217,7 @@ class MemoryBackend:
             if log.state == "running":
                 log.state = "lost"
                 log.notify()
-                self._expire_in(log, job_id, 0.0)
+                self._expire_in(log, job_id, log.keep)
 
     async def append(self, job_id: str, events: Sequence[tuple[int, bytes]], first: int) -> None:
         log = self._log(job_id)
