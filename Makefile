@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest soak bench docs clean
+.PHONY: demo test lint typecheck pytest soak bench bench-resumable docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/report.py
 	$(BIN)/python benchmarks/inprocess.py
+	$(BIN)/python benchmarks/resumable.py
+
+# Resumable jobs alone: plain stream vs Jobs in memory vs Jobs on a redis-server it starts.
+bench-resumable: $(STAMP)
+	$(BIN)/python benchmarks/resumable.py
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict

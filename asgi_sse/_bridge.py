@@ -22,7 +22,7 @@ only takes ``_batch`` itself when no batch is in flight.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 from anyio import (
@@ -132,6 +132,25 @@ class Channel:
                 if self._size < self._max or self._stopped:
                     self._check_open()
                     wake = self._append(chunk)
+                    break
+            if self._space is None:
+                self._space = anyio.Event()
+            await self._space.wait()
+        if wake:
+            self._deliver()
+
+    async def aput_many(self, chunks: Sequence[bytes]) -> None:
+        """Add several chunks from the event loop as one batch, waiting while the
+        batch is full (then they go in together, past the bound: a replay of a
+        log is bounded by the log). One wake-up, so they leave in one send."""
+        await checkpoint()
+        while True:
+            with self._lock:
+                if self._size < self._max or self._stopped:
+                    self._check_open()
+                    wake = False
+                    for chunk in chunks:
+                        wake = self._append(chunk) or wake
                     break
             if self._space is None:
                 self._space = anyio.Event()

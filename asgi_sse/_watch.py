@@ -113,12 +113,16 @@ class Follow:
             unavailable = False
             delay = BACKOFF[0]
             events = page.events
-            if events and events[0][0] > self.after + 1:
-                gap = {"type": "HistoryGone", "last_event_id": self.after, "next_id": events[0][0]}
-                await channel.aput(encoder.message("gap", None, gap))
-            for _, frame in events:
-                await channel.aput(frame)
             if events:
+                frames = [frame for _, frame in events]
+                if events[0][0] > self.after + 1:
+                    gap = {
+                        "type": "HistoryGone",
+                        "last_event_id": self.after,
+                        "next_id": events[0][0],
+                    }
+                    frames.insert(0, encoder.message("gap", None, gap))
+                await channel.aput_many(frames)  # one batch: a page leaves in one send
                 self.after = events[-1][0]
             if page.end_id is not None and self.after >= page.end_id:
                 return

@@ -67,6 +67,33 @@ redis.call('PEXPIRE', KEYS[3], keep)
 return 1
 """
 
+# Events numbered from ARGV[2] on; those the log already has (a retry) are skipped.
+_APPEND = """
+local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
+local minid = ARGV[1] .. '-0'
+local id = tonumber(ARGV[2])
+for i = 3, #ARGV do
+    if id > last then
+        redis.call('XADD', KEYS[1], 'MINID', minid, id .. '-0', 'd', ARGV[i])
+        last = id
+    end
+    id = id + 1
+end
+if #ARGV == 2 then redis.call('XTRIM', KEYS[1], 'MINID', minid) end
+redis.call('HSET', KEYS[2], 'last', last)
+return last
+"""
+# The end: marker entry N-1 after terminal event N, so blocked readers see it.
+_FINISH = """
+if redis.call('HGET', KEYS[2], 'state') == 'ended' then return 0 end
+redis.call('HSET', KEYS[2], 'state', 'ended', 'end', ARGV[1])
+redis.call('DEL', KEYS[3])
+redis.call('XADD', KEYS[1], ARGV[1] .. '-1', 'e', 1)
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
 
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
@@ -105,6 +132,8 @@ class RedisBackend:
         self._create = client.register_script(_CREATE)
         self._claim = client.register_script(_CLAIM)
         self._abandon = client.register_script(_ABANDON)
+        self._append = client.register_script(_APPEND)
+        self._finish = client.register_script(_FINISH)
 
     def _key(self, job_id: str, part: str) -> str:
         return f"{self.prefix}{{{job_id}}}:{part}"
@@ -149,34 +178,16 @@ class RedisBackend:
                 await self._call(self.client.set, alive, 1, px=_ms(self.lease))  # wait a lease
 
     async def append(self, job_id: str, events: Sequence[tuple[int, bytes]], first: int) -> None:
+        # One script call per batch: atomic, and one command to pack however
+        # many events the batch holds.
         log, meta = self._key(job_id, "log"), self._key(job_id, "meta")
-        pipe = self.client.pipeline(transaction=True)
-        for event_id, frame in events:
-            pipe.xadd(log, {"d": frame}, id=f"{event_id}-0", minid=f"{first}-0", approximate=False)
-        if events:
-            pipe.hset(meta, "last", events[-1][0])
-        else:
-            pipe.xtrim(log, minid=f"{first}-0", approximate=False)
-        await self._execute(pipe)
-
-    async def _execute(self, pipe: Any) -> None:
-        try:
-            await self._call(pipe.execute)
-        except redis_errors.ResponseError as exc:
-            # Entries already there: a retry of an append whose reply was lost
-            # (a transaction either ran whole or not at all).
-            if "equal or smaller" not in str(exc):
-                raise
+        args: list[int | bytes] = [first, events[0][0] if events else 0]
+        args += [frame for _, frame in events]
+        await self._call(self._append, keys=[log, meta], args=args)
 
     async def finish(self, job_id: str, end_id: int, keep: float) -> None:
-        log, meta, alive = (self._key(job_id, p) for p in ("log", "meta", "alive"))
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(meta, mapping={"state": "ended", "end": end_id})
-        pipe.delete(alive)
-        pipe.pexpire(meta, _ms(keep))
-        pipe.xadd(log, {"e": 1}, id=f"{end_id}-1")
-        pipe.pexpire(log, _ms(keep))
-        await self._execute(pipe)
+        keys = [self._key(job_id, p) for p in ("log", "meta", "alive")]
+        await self._call(self._finish, keys=keys, args=[end_id, _ms(keep)])
 
     async def info(self, job_id: str) -> JobInfo | None:
         meta, alive = self._key(job_id, "meta"), self._key(job_id, "alive")

@@ -45,7 +45,8 @@ def make_jobs() -> Jobs:
     from asgi_sse.redis import RedisBackend  # noqa: PLC0415
 
     lease = float(os.environ.get("ASGI_SSE_LEASE", "3"))
-    backend = RedisBackend(Redis.from_url(url), lease=lease, block=min(1.0, lease))
+    client = Redis.from_url(url, max_connections=1000)  # about three per open stream
+    backend = RedisBackend(client, lease=lease, block=min(1.0, lease))
     return Jobs(backend, retention=retention, grace=grace)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +149,36 @@ def test_every_implementation_streams_the_shared_job(tmp_path: Path) -> None:
         # Only the polling bridge may lose events, and then it says how many it left.
         expected_loss = run["abandoned"] if name == "queue_pattern" else 0
         assert run["lost"] == expected_loss, name
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None,
+    reason="redis-server is not installed: the Redis path of the resumable benchmark needs it",
+)
+def test_the_resumable_benchmark_measures_every_path_without_loss(tmp_path: Path) -> None:
+    out = tmp_path / "resumable.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/resumable.py", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        check=True,
+        timeout=100,
+        capture_output=True,
+        text=True,
+    )
+    document = json.loads(out.read_text())
+    runs = {(run["scenario"], run["name"]): run for run in document["runs"]}
+    paths = ("baseline", "memory", "redis")
+    assert set(runs) == {(s, path) for s in ("L", "T1", "T50") for path in paths}
+    for key, run in runs.items():
+        # Every event exactly once, in order, then the terminal event, on every path.
+        assert run["events"] == run["expected"] > 0, key
+        assert (run["lost"], run["disorder"], run["unfinished"], run["not_200"]) == (0, 0, 0, 0)
+        assert run["rate"] > 0, key
+    for path in paths:
+        assert runs["L", path]["latency_us"]["p99"] >= runs["L", path]["latency_us"]["p50"] > 0
+        assert runs["T1", path]["latency_us"]["p50"] is None  # throughput runs skip it
+    # The table on stdout has a row per path in every scenario, and the command.
+    for path in paths:
+        assert done.stdout.count(f"| {path} |") == 3, path
+    assert "command: python benchmarks/resumable.py --smoke" in done.stdout
