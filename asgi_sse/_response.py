@@ -181,8 +181,9 @@ class EventStream:
     async def prepare(self, scope: Scope) -> Refusal | None:
         """For a :class:`Watch`: the answer to send instead of the stream (400,
         404, or 204 once the client has the job's last event), or None to
-        stream. An ASGI call does this itself; frameworks that send the status
-        before the body (Quart) call it first, then :meth:`body`."""
+        stream. An ASGI call does this itself, per request; frameworks that
+        send the status before the body (Quart) call it first, then
+        :meth:`body`, which takes what it decided."""
         self._follow = None
         if not isinstance(self.source, Watch):
             return None
@@ -199,13 +200,14 @@ class EventStream:
         Leaving the context stops the job and waits for its thread. Watching
         for disconnect and timing out sends are then the framework's part.
         """
-        if isinstance(self.source, Watch) and self._follow is None:
+        follow, self._follow = self._follow, None  # one prepare, one body
+        if isinstance(self.source, Watch) and follow is None:
             raise RuntimeError("await stream.prepare(scope) before the body of a Watch")
         hub: Hub | None = None if scope is None else scope.get(SCOPE_KEY)
         channel = Channel(self.max_buffer_bytes)
         ticket = None if hub is None else hub.admit(partial(self._end, channel), force=True)
         try:
-            async with self._chunks(channel, hub, ticket) as chunks:
+            async with self._chunks(channel, hub, ticket, follow) as chunks:
                 yield chunks
         finally:
             if hub is not None and ticket is not None:
@@ -214,11 +216,13 @@ class EventStream:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             raise RuntimeError(f"EventStream serves HTTP requests, not {scope['type']!r}")
+        follow = None  # this request's own: the stream may serve several at once
         if isinstance(self.source, Watch):
-            answer = await self.prepare(scope)
-            if answer is not None:
+            answer = await self.source.prepare(scope)
+            if isinstance(answer, Refusal):
                 await answer(scope, receive, send)
                 return
+            follow = answer
         hub: Hub | None = scope.get(SCOPE_KEY)
         channel = Channel(self.max_buffer_bytes)
         ticket = None
@@ -237,7 +241,7 @@ class EventStream:
                     if self.send_timeout is not None:
                         watch = self._watch_sends
                         tg.start_soon(watch, sender, self.send_timeout, ended, tg.cancel_scope, hub)
-                    await self._stream(sender, channel, hub, ticket, ended)
+                    await self._stream(sender, channel, hub, ticket, ended, follow=follow)
                 finally:
                     tg.cancel_scope.cancel()
         finally:
@@ -251,12 +255,14 @@ class EventStream:
         hub: Hub | None,
         ticket: Ticket | None,
         ended: Event,
+        *,
+        follow: Follow | None,
     ) -> None:
         """Start, send the chunks, end. ``ended`` is set once the client has left,
         or once the last message is on its way (a disconnect after it is no news)."""
         if not await send({"type": "http.response.start", "status": 200, "headers": self.headers}):
             return
-        async with self._chunks(channel, hub, ticket) as chunks:
+        async with self._chunks(channel, hub, ticket, follow) as chunks:
             try:
                 async for chunk in chunks:
                     if not await send(
@@ -281,13 +287,13 @@ class EventStream:
 
     @asynccontextmanager
     async def _chunks(
-        self, channel: Channel, hub: Hub | None, ticket: Ticket | None
+        self, channel: Channel, hub: Hub | None, ticket: Ticket | None, follow: Follow | None
     ) -> AsyncIterator[_Chunks]:
         """Run the source and the heartbeat; yield the encoded chunks as they come."""
         chunks = _Chunks(channel, hub)
         async with create_task_group() as tg:
             try:
-                tg.start_soon(self._produce, channel, hub, ticket)
+                tg.start_soon(self._produce, channel, hub, ticket, follow)
                 if self.heartbeat is not None:
                     tg.start_soon(self._beat, channel, self.heartbeat, chunks)
                 yield chunks
@@ -296,9 +302,11 @@ class EventStream:
                 channel.cancel()
                 tg.cancel_scope.cancel()
 
-    async def _produce(self, channel: Channel, hub: Hub | None, ticket: Ticket | None) -> None:
-        if self._follow is not None:  # reads a log: no thread, so no slot to wait for
-            await self._follow.run(channel)
+    async def _produce(
+        self, channel: Channel, hub: Hub | None, ticket: Ticket | None, follow: Follow | None
+    ) -> None:
+        if follow is not None:  # reads a log: no thread, so no slot to wait for
+            await follow.run(channel)
             return
         assert not isinstance(self.source, Watch)
         limiter = self.limiter

@@ -21,8 +21,10 @@ from anyio import (
     TASK_STATUS_IGNORED,
     CapacityLimiter,
     EndOfStream,
+    Event,
     create_task_group,
     current_time,
+    move_on_after,
     sleep,
 )
 from anyio.abc import TaskGroup, TaskStatus
@@ -31,7 +33,7 @@ from ._bridge import Channel
 from ._encoder import Encoder
 from ._jobs import Job, run_source
 from ._log import Retention, Trimmer, check_job_id, new_job_id
-from ._store import Backend, JobExists, MemoryBackend, retrying
+from ._store import Backend, JobExists, JobLost, MemoryBackend, retrying
 from ._watch import Watch
 
 if TYPE_CHECKING:
@@ -69,6 +71,8 @@ class Jobs:
       still running; ``start(..., keep_running=True)`` opts a job out.
     - ``limiter``, ``encoder``, ``on_error``, ``max_buffer_bytes``: as for
       :class:`~asgi_sse.EventStream`.
+    - ``shutdown_grace``: seconds that leaving waits for jobs to stop (at
+      their next report) and their ends to be recorded, before cancelling them.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class Jobs:
         encoder: Encoder | None = None,
         on_error: Callable[[Exception], Any] | None = None,
         max_buffer_bytes: int = 1024 * 1024,
+        shutdown_grace: float = 10.0,
     ) -> None:
         if not grace >= 0:
             raise ValueError(f"grace must be a number of seconds, at least 0, got {grace!r}")
@@ -93,7 +98,9 @@ class Jobs:
         self.encoder = encoder or Encoder()
         self.on_error = on_error
         self.max_buffer_bytes = max_buffer_bytes
+        self.shutdown_grace = shutdown_grace
         self._tg: TaskGroup | None = None
+        self._idle: Event | None = None  # set when the last running job has ended
         self._running: dict[str, Channel] = {}
 
     async def __aenter__(self) -> None:
@@ -104,12 +111,21 @@ class Jobs:
         tg = create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        self._idle = Event()
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         tg, self._tg = self._tg, None
         assert tg is not None
         for channel in list(self._running.values()):
             channel.end(self._farewell(_SHUTDOWN_ERROR))
+        # Jobs stop at their next report, and their ends are recorded; past the
+        # grace (a job that never reports, an unreachable backend) they are
+        # cancelled, and a shared backend sees them lost.
+        with move_on_after(self.shutdown_grace):
+            while self._running:
+                self._idle = Event()
+                await self._idle.wait()
+        tg.cancel_scope.cancel()
         return await tg.__aexit__(*exc_info)
 
     def _farewell(self, data: Mapping[str, str]) -> Callable[[int], bytes]:
@@ -117,9 +133,11 @@ class Jobs:
 
     async def create(self, id: str | None = None) -> str:
         """Record a job that another process will run (:meth:`run` with this id),
-        so that clients can watch it at once; they wait until it starts. Returns its id."""
+        so that clients can watch it at once; they wait until it starts. Returns
+        its id. Raises :class:`BackendUnavailable` if the backend cannot be
+        reached (answer 503), :class:`JobExists` for an ``id`` already taken."""
         job_id = new_job_id() if id is None else check_job_id(id)
-        await retrying(self.backend.create, job_id, self.retention.max_age)
+        await self.backend.create(job_id, self.retention.max_age)  # an outage: the caller's 503
         return job_id
 
     async def start(
@@ -133,12 +151,15 @@ class Jobs:
         """Start ``job`` in the background and return its id (``id``, or a new
         unguessable one). An ``id`` that :meth:`create` recorded is taken over;
         one that already runs raises :class:`JobExists`."""
-        if self._tg is None:
+        tg = self._tg
+        if tg is None:
             raise RuntimeError(
                 "Jobs is not running: enter it (async with jobs) in the app's lifespan"
             )
         job_id = await self._claimable(job, id)
-        await self._tg.start(self._run, job, job_id, keep_running, retention or self.retention)
+        if self._tg is not tg:
+            raise RuntimeError("Jobs stopped while this job was being started")
+        await tg.start(self._run, job, job_id, keep_running, retention or self.retention)
         return job_id
 
     async def run(
@@ -174,27 +195,45 @@ class Jobs:
         *,
         task_status: TaskStatus[None] = TASK_STATUS_IGNORED,
     ) -> None:
-        backend = self.backend
-        async with backend.publishing(job_id):
+        async with self.backend.publishing(job_id):
             task_status.started()
             channel = Channel(self.max_buffer_bytes)
             self._running[job_id] = channel
-            trimmer = Trimmer(retention)
-            end_id = 0
             try:
                 async with create_task_group() as tg:
                     tg.start_soon(self._source, job, channel)
-                    async with create_task_group() as helpers:
-                        if not keep_running:
-                            helpers.start_soon(self._cancel_unwatched, job_id, channel)
-                        helpers.start_soon(self._expire, job_id, trimmer)
-                        end_id = await self._publish(job_id, channel, trimmer)
-                        helpers.cancel_scope.cancel()
+                    try:
+                        await self._publish_all(job_id, channel, keep_running, retention)
+                    finally:
+                        # Tell the job before the task group waits for its thread
+                        # (after a normal end, nobody is left to tell).
+                        channel.cancel()
+            except Exception:
+                # The job's own failures are its error event; this is the log's
+                # (a backend bug, say). The job ends lost, and no other job with it.
+                logger.exception("job %s could not be published; it is lost", job_id)
             finally:
-                channel.cancel()  # a no-op after a normal end; else it stops the job
                 del self._running[job_id]
-            if end_id:
-                await retrying(backend.finish, job_id, end_id, retention.max_age)
+                if not self._running and self._idle is not None:
+                    self._idle.set()
+
+    async def _publish_all(
+        self, job_id: str, channel: Channel, keep_running: bool, retention: Retention
+    ) -> None:
+        """Publish until the channel ends, then mark the end: at once, without
+        waiting for a job that was stopped to reach its next report."""
+        trimmer = Trimmer(retention)
+        async with create_task_group() as helpers:
+            if not keep_running:
+                helpers.start_soon(self._cancel_unwatched, job_id, channel)
+            helpers.start_soon(self._expire, job_id, trimmer)
+            end_id = await self._publish(job_id, channel, trimmer)
+            helpers.cancel_scope.cancel()
+        if end_id:
+            try:
+                await retrying(self.backend.finish, job_id, end_id, retention.max_age)
+            except JobLost:
+                logger.warning("job %s was declared lost before its end was recorded", job_id)
 
     async def _source(self, job: Job[Any], channel: Channel) -> None:
         await run_source(
@@ -223,7 +262,11 @@ class Jobs:
                 last += 1
                 events.append((last, frame))
                 first = trimmer.add(last, len(frame), now)
-            await retrying(self.backend.append, job_id, events, first)
+            try:
+                await retrying(self.backend.append, job_id, events, first)
+            except JobLost:  # cut off for longer than its lease: its watchers were told
+                logger.warning("job %s was declared lost; stopping it", job_id)
+                return 0
 
     async def _cancel_unwatched(self, job_id: str, channel: Channel) -> None:
         await retrying(self.backend.wait_unwatched, job_id, self.grace)

@@ -258,7 +258,11 @@ class MemoryBackend:
                 return Page((), log.end_id)
             if log.state == "lost":
                 raise JobLost(f"job {job_id!r} lost its publisher")
-            await log.changed.wait()
+            if log.state == "running":
+                await log.changed.wait()
+            else:  # pending: forgotten at ``expires`` unless it starts, and nothing says so
+                with move_on_after(log.expires - current_time()):
+                    await log.changed.wait()
 
     @asynccontextmanager
     async def watching(self, job_id: str) -> AsyncIterator[None]:

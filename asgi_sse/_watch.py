@@ -10,20 +10,25 @@ stream's channel with one cursor, replay and live alike.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
-from anyio import sleep
+from anyio import move_on_after, sleep
 
 from ._bridge import Channel
 from ._encoder import Encoder
+from ._exceptions import JobCancelled
 from ._http import Refusal
 from ._log import BadEventId, check_job_id, parse_event_id
-from ._store import BACKOFF, Backend, BackendUnavailable, JobLost, retrying
+from ._store import BACKOFF, Backend, BackendUnavailable, JobInfo, JobLost, retrying
 
 __all__ = ["Follow", "Watch"]
+
+#: Seconds a new watch waits for an unreachable backend before answering 503.
+DECIDE_WITHIN = 5.0
 
 _LOST_ERROR = {"type": "JobLost"}
 _UNAVAILABLE = {"type": "BackendUnavailable"}
@@ -49,7 +54,8 @@ class Watch:
 
     async def prepare(self, scope: Mapping[str, Any]) -> Refusal | Follow:
         """Decide the answer: 400 for a bad ``Last-Event-ID``, 404 for an unknown
-        job, 204 once the client has the terminal event, else where to resume."""
+        job, 204 once the client has the terminal event, 503 if the backend
+        cannot be reached for :data:`DECIDE_WITHIN` seconds, else where to resume."""
         try:
             after = parse_event_id(_last_event_id(scope))
             check_job_id(self.job_id)
@@ -57,9 +63,9 @@ class Watch:
             return _json_refusal(400, "BadLastEventId", str(exc))
         except ValueError:
             return _json_refusal(404, "JobNotFound", "no such job")
-        info = await retrying(self.backend.info, self.job_id)
-        if info is None:
-            return _json_refusal(404, "JobNotFound", "no such job")
+        info = await self._info()
+        if isinstance(info, Refusal):
+            return info
         end_id = info.end_id if info.state == "ended" else None
         if info.state == "lost":
             end_id = info.last_id + 1  # the JobLost error a watcher sends
@@ -70,6 +76,15 @@ class Watch:
         if end_id is not None and after >= end_id:
             return Refusal(204, [("cache-control", "no-store")], b"")
         return Follow(self, after)
+
+    async def _info(self) -> JobInfo | Refusal:
+        """The job's state, or 404 (unknown) or 503 (the backend cannot be reached)."""
+        with move_on_after(DECIDE_WITHIN):
+            info = await retrying(self.backend.info, self.job_id)
+            return info or _json_refusal(404, "JobNotFound", "no such job")
+        refusal = _json_refusal(503, "BackendUnavailable", "the job store cannot be reached")
+        refusal.headers.append(("retry-after", "1"))
+        return refusal
 
 
 class Follow:
@@ -86,23 +101,34 @@ class Follow:
         a job that disappears meanwhile ends with ``JobLost``."""
         if self.watch.retry is not None:
             channel.put_nowait(b"retry: %d\n\n" % self.watch.retry)
-        try:
-            async with self.watch.backend.watching(self.watch.job_id):
-                await self._copy(channel)
-        except JobLost:
-            lost = self.watch.encoder.message("error", self.after + 1, _LOST_ERROR)
-            await channel.aput(lost)
+        # What ends the copy is caught inside it: a backend's watching() may run
+        # a task group, which would hand it on wrapped in an exception group.
+        async with self.watch.backend.watching(self.watch.job_id):
+            outcome = await self._copy(channel)
+        if outcome == "lost":
+            with suppress(JobCancelled):
+                await channel.aput(self.watch.encoder.message("error", self.after + 1, _LOST_ERROR))
         channel.close()
 
-    async def _copy(self, channel: Channel) -> None:
-        """Follow the cursor ``self.after``, saying so wherever the log has a gap
-        and while the backend cannot be reached."""
+    async def _copy(self, channel: Channel) -> str:
+        """Follow the cursor ``self.after`` to the terminal event, saying so
+        wherever the log has a gap and while the backend cannot be reached.
+        Returns how it ended: "end", "lost" (the job is gone) or "stopped" (the
+        stream was ended, at shutdown: nobody to tell)."""
+        try:
+            return await self._follow(channel)
+        except JobCancelled:
+            return "stopped"
+
+    async def _follow(self, channel: Channel) -> str:
         backend, job_id, encoder = self.watch.backend, self.watch.job_id, self.watch.encoder
         unavailable = False
         delay, longest = BACKOFF
         while True:
             try:
                 page = await backend.read(job_id, self.after)
+            except JobLost:
+                return "lost"
             except BackendUnavailable:
                 if not unavailable:
                     unavailable = True
@@ -125,7 +151,7 @@ class Follow:
                 await channel.aput_many(frames)  # one batch: a page leaves in one send
                 self.after = events[-1][0]
             if page.end_id is not None and self.after >= page.end_id:
-                return
+                return "end"
 
 
 def _last_event_id(scope: Mapping[str, Any]) -> str | None:

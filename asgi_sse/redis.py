@@ -21,13 +21,14 @@ entries there and adds nothing. redis-py's asyncio client runs on asyncio only.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
 
-from anyio import create_task_group, current_time, sleep
+from anyio import CancelScope, create_task_group, current_time, move_on_after, sleep
 
-from ._store import BackendUnavailable, JobExists, JobInfo, JobLost, Page, State
+from ._store import BackendUnavailable, JobExists, JobInfo, JobLost, Page, State, retrying
 
 try:
     from redis import exceptions as redis_errors
@@ -40,25 +41,44 @@ __all__ = ["RedisBackend"]
 logger = logging.getLogger("asgi_sse")
 T = TypeVar("T")
 
+# Every script is idempotent, so a call retried after a lost reply does no harm.
+# KEYS: meta, alive, log. A running job's keys expire a lease plus ``keep`` after
+# its publisher's last renewal, so a publisher that dies leaves nothing for ever.
+
+# 1: created (or created by this same call before); 0: the id is taken.
 _CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'pending', 'last', 0, 'keep', ARGV[1])
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner then return owner == ARGV[2] and 1 or 0 end
+redis.call('HSET', KEYS[1], 'state', 'pending', 'last', 0, 'keep', ARGV[1], 'owner', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
-# 1: claimed; 0: it has a publisher already; -1: unknown.
+# 1: claimed (by this publisher); 0: it has another publisher; -1: unknown.
 _CLAIM = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
-if state ~= 'pending' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'running')
-redis.call('PERSIST', KEYS[1])
+if state ~= 'pending' then
+    return redis.call('HGET', KEYS[1], 'publisher') == ARGV[2] and 1 or 0
+end
+redis.call('HSET', KEYS[1], 'state', 'running', 'publisher', ARGV[2])
 redis.call('SET', KEYS[2], 1, 'PX', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1] + redis.call('HGET', KEYS[1], 'keep'))
 return 1
 """
-# Leaving without finishing: lost, and forgotten after the job's keep time.
-_ABANDON = """
+# The publisher's sign of life. 0: the job is no longer its to publish (lost).
+_RENEW = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+local ttl = ARGV[1] + redis.call('HGET', KEYS[1], 'keep')
+redis.call('SET', KEYS[2], 1, 'PX', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
+return 1
+"""
+# Lost: by its publisher leaving without finishing (ARGV[1] = 1), or, seen by a
+# watcher, by its lease running out (ARGV[1] = 0: only if it has). Kept ``keep`` more.
+_LOSE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+if ARGV[1] == '0' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local keep = redis.call('HGET', KEYS[1], 'keep')
 redis.call('HSET', KEYS[1], 'state', 'lost')
 redis.call('DEL', KEYS[2])
@@ -66,31 +86,34 @@ redis.call('PEXPIRE', KEYS[1], keep)
 redis.call('PEXPIRE', KEYS[3], keep)
 return 1
 """
-
-# Events numbered from ARGV[2] on; those the log already has (a retry) are skipped.
+# Events numbered from ARGV[2] on; those the log already has (a retry) are
+# skipped. -1: the job is no longer running (declared lost): publish nothing.
 _APPEND = """
-local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return -1 end
+local last = tonumber(redis.call('HGET', KEYS[1], 'last'))
 local minid = ARGV[1] .. '-0'
 local id = tonumber(ARGV[2])
 for i = 3, #ARGV do
     if id > last then
-        redis.call('XADD', KEYS[1], 'MINID', minid, id .. '-0', 'd', ARGV[i])
+        redis.call('XADD', KEYS[3], 'MINID', minid, id .. '-0', 'd', ARGV[i])
         last = id
     end
     id = id + 1
 end
-if #ARGV == 2 then redis.call('XTRIM', KEYS[1], 'MINID', minid) end
-redis.call('HSET', KEYS[2], 'last', last)
+if #ARGV == 2 then redis.call('XTRIM', KEYS[3], 'MINID', minid) end
+redis.call('HSET', KEYS[1], 'last', last)
 return last
 """
 # The end: marker entry N-1 after terminal event N, so blocked readers see it.
 _FINISH = """
-if redis.call('HGET', KEYS[2], 'state') == 'ended' then return 0 end
-redis.call('HSET', KEYS[2], 'state', 'ended', 'end', ARGV[1])
-redis.call('DEL', KEYS[3])
-redis.call('XADD', KEYS[1], ARGV[1] .. '-1', 'e', 1)
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'ended' then return 1 end
+if state ~= 'running' then return -1 end
+redis.call('HSET', KEYS[1], 'state', 'ended', 'end', ARGV[1])
+redis.call('DEL', KEYS[2])
+redis.call('XADD', KEYS[3], ARGV[1] .. '-1', 'e', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
 return 1
 """
 
@@ -100,7 +123,7 @@ def _ms(seconds: float) -> int:
 
 
 class RedisBackend:
-    """Resumable jobs' logs in Redis (5.0 or later; 7 tested), shared by every
+    """Resumable jobs' logs in Redis (6.2 or later, for ``MINID``; 7.0 tested), shared by every
     process that reaches it.
 
     ``client`` is a ``redis.asyncio.Redis`` (its ``socket_timeout``, if set,
@@ -131,7 +154,8 @@ class RedisBackend:
         self.page = page
         self._create = client.register_script(_CREATE)
         self._claim = client.register_script(_CLAIM)
-        self._abandon = client.register_script(_ABANDON)
+        self._renew = client.register_script(_RENEW)
+        self._lose = client.register_script(_LOSE)
         self._append = client.register_script(_APPEND)
         self._finish = client.register_script(_FINISH)
 
@@ -145,49 +169,65 @@ class RedisBackend:
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
 
+    async def _once(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a script that a token makes safe to repeat, retrying for up to a
+        lease: on a request's path, an outage must end in an answer."""
+        with move_on_after(self.lease):
+            return await retrying(self._call, script, keys=keys, args=args)
+        raise BackendUnavailable(f"redis: unreachable for {self.lease}s")
+
+    def _keys(self, job_id: str) -> list[str]:
+        return [self._key(job_id, part) for part in ("meta", "alive", "log")]
+
     async def create(self, job_id: str, keep: float) -> None:
-        meta = self._key(job_id, "meta")
-        if not await self._call(self._create, keys=[meta], args=[_ms(keep)]):
+        token = secrets.token_hex(8)  # so that a retry of this very call is not refused
+        if not await retrying(
+            self._call, self._create, keys=self._keys(job_id)[:1], args=[_ms(keep), token]
+        ):
             raise JobExists(f"job {job_id!r} already exists")
 
     @asynccontextmanager
     async def publishing(self, job_id: str) -> AsyncIterator[None]:
-        meta, alive, log = (self._key(job_id, p) for p in ("meta", "alive", "log"))
-        claimed = await self._call(self._claim, keys=[meta, alive], args=[_ms(self.lease)])
+        keys, token = self._keys(job_id), secrets.token_hex(8)
+        claimed = await retrying(
+            self._call, self._claim, keys=keys[:2], args=[_ms(self.lease), token]
+        )
         if claimed == -1:
             raise JobLost(f"no job {job_id!r}")
         if claimed == 0:
             raise JobExists(f"job {job_id!r} already has a publisher")
         try:
             async with create_task_group() as tg:
-                tg.start_soon(self._keep_alive, alive)
+                tg.start_soon(self._renew_lease, keys)
                 try:
                     yield
                 finally:
                     tg.cancel_scope.cancel()
         finally:
-            try:
-                await self._call(self._abandon, keys=[meta, alive, log])
-            except BackendUnavailable:
-                logger.warning("could not mark job %s lost; its lease will run out", job_id)
+            # Also when cancelled: the job is not running any more, say so now.
+            with CancelScope(shield=True), move_on_after(self.lease):
+                try:
+                    await self._call(self._lose, keys=keys, args=[1])
+                except BackendUnavailable:
+                    logger.warning("job %s: could not mark it lost; its lease will run out", job_id)
 
-    async def _keep_alive(self, alive: str) -> None:
+    async def _renew_lease(self, keys: list[str]) -> None:
         while True:
             await sleep(self.lease / 3)  # a lease renewal period, not a wait for an event
             with suppress(BackendUnavailable):  # renewed on the next round: watchers
-                await self._call(self.client.set, alive, 1, px=_ms(self.lease))  # wait a lease
+                await self._call(self._renew, keys=keys, args=[_ms(self.lease)])  # wait a lease
 
     async def append(self, job_id: str, events: Sequence[tuple[int, bytes]], first: int) -> None:
         # One script call per batch: atomic, and one command to pack however
         # many events the batch holds.
-        log, meta = self._key(job_id, "log"), self._key(job_id, "meta")
         args: list[int | bytes] = [first, events[0][0] if events else 0]
         args += [frame for _, frame in events]
-        await self._call(self._append, keys=[log, meta], args=args)
+        if await self._call(self._append, keys=self._keys(job_id), args=args) == -1:
+            raise JobLost(f"job {job_id!r} was declared lost (its lease ran out)")
 
     async def finish(self, job_id: str, end_id: int, keep: float) -> None:
-        keys = [self._key(job_id, p) for p in ("log", "meta", "alive")]
-        await self._call(self._finish, keys=keys, args=[end_id, _ms(keep)])
+        if await self._call(self._finish, keys=self._keys(job_id), args=[end_id, _ms(keep)]) == -1:
+            raise JobLost(f"job {job_id!r} was declared lost (its lease ran out)")
 
     async def info(self, job_id: str) -> JobInfo | None:
         meta, alive = self._key(job_id, "meta"), self._key(job_id, "alive")
@@ -220,8 +260,10 @@ class RedisBackend:
         # Nothing for a while: is anyone still publishing?
         info = await self.info(job_id)
         if info is not None and info.state == "lost":
-            # Give a publisher cut off from Redis (a restart) one lease to come back.
+            # Give a publisher cut off from Redis (a restart) one lease to come back,
+            # then make it official, so that it publishes nothing more if it does.
             await sleep(self.lease)  # a lease period, not a wait for an event
+            await self._call(self._lose, keys=self._keys(job_id), args=[0])
             info = await self.info(job_id)
         if info is None or info.state == "lost":
             raise JobLost(f"job {job_id!r} is gone")
@@ -231,13 +273,13 @@ class RedisBackend:
     async def watching(self, job_id: str) -> AsyncIterator[None]:
         watched = self._key(job_id, "watched")
         async with create_task_group() as tg:
-            tg.start_soon(self._watch, watched)
+            tg.start_soon(self._renew_watch, watched)
             try:
                 yield
             finally:
                 tg.cancel_scope.cancel()
 
-    async def _watch(self, watched: str) -> None:
+    async def _renew_watch(self, watched: str) -> None:
         while True:
             with suppress(BackendUnavailable):  # renewed on the next round
                 await self._call(self.client.set, watched, 1, px=_ms(self.lease))

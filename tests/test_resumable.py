@@ -22,7 +22,16 @@ from conftest import BOUND, Endless, serve
 from httpx_sse import ServerSentEvent, connect_sse
 from sse_spec import parse_stream
 
-from asgi_sse import EventStream, Job, JobCancelled, Jobs, Reporter, Retention
+from asgi_sse import (
+    EventStream,
+    Job,
+    JobCancelled,
+    JobLost,
+    Jobs,
+    MemoryBackend,
+    Reporter,
+    Retention,
+)
 
 GRACE = 0.5
 TERMINAL = ("completed", "error")
@@ -489,3 +498,52 @@ async def test_shutdown_ends_a_running_job_with_server_shutdown() -> None:
     assert events[-1]["event"] == "error"
     assert events[-1]["id"] == str(end_id)
     assert json.loads(events[-1]["data"]) == {"type": "ServerShutdown"}
+
+
+class BrokenLog(MemoryBackend):
+    """A real in-memory backend whose log refuses one job's appends with an
+    error that is not an outage (a bug, a full disk): the fault to contain."""
+
+    def __init__(self, broken: str) -> None:
+        super().__init__()
+        self.broken = broken
+
+    async def append(self, job_id: str, events: Any, first: int) -> None:
+        if job_id == self.broken:
+            raise RuntimeError("the log refuses this append")
+        await super().append(job_id, events, first)
+
+
+async def read_to_end(jobs: Jobs, job_id: str) -> int:
+    """Follow a job's log by cursor, as a watcher does; return its terminal id."""
+    after, end_id = 0, None
+    while end_id is None or after < end_id:
+        page = await jobs.backend.read(job_id, after)
+        after = page.events[-1][0] if page.events else after
+        end_id = page.end_id
+    return end_id
+
+
+@pytest.mark.anyio
+async def test_a_job_whose_log_fails_is_stopped_and_lost_and_the_others_go_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broken_job, good_job, later_job = Endless(), Stepper(3), Stepper(1)
+    jobs = Jobs(BrokenLog("bad"), grace=60)
+    with anyio.fail_after(BOUND):
+        async with jobs:
+            await jobs.start(Job(broken_job), id="bad")
+            await jobs.start(Job(good_job), id="good")
+            good_job.allow(3)
+            assert await read_to_end(jobs, "good") == 4
+            with pytest.raises(JobLost):  # its watchers are told, not left waiting
+                await jobs.backend.read("bad", 0)
+            info = await jobs.backend.info("bad")
+            assert info is not None
+            assert info.state == "lost"
+            await jobs.start(Job(later_job), id="later")  # Jobs itself still runs
+            later_job.allow(1)
+            assert await read_to_end(jobs, "later") == 2
+        assert broken_job.stopped.is_set()  # its thread was told to stop
+        assert broken_job.outcome == ["cancelled"]
+    assert "job bad could not be published" in caplog.text
