@@ -19,17 +19,23 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
+import pytest
 from chromium import WAIT_MS, launch, open_page
-from conftest import BOUND, parse
+from conftest import BOUND, Endless, parse
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis_server import RedisServer, redis_server
 from tcp_proxy import TcpProxy
+
+from asgi_sse import Job, JobLost, Jobs
+from asgi_sse.redis import RedisBackend
 
 __all__ = ["redis_server"]  # the fixture, used by name
 
@@ -395,3 +401,171 @@ def test_hostile_event_ids_and_unknown_jobs_are_refused_by_any_process(
         assert status_of(b, "no-such-job") == 404
         assert status_of(b, "no-such-job", last_id="1") == 404
         assert status_of(b, "bad%20id") == 404
+
+
+# -- 8. a worker process killed mid-job ------------------------------------------------------------
+
+
+@contextmanager
+def killable_worker(
+    tmp: Path, redis: RedisServer, **settings: Any
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A worker process the test may SIGKILL itself: its stderr is not checked, since
+    a killed process says nothing, and a dead process group is no error at the end."""
+    with (tmp / "worker.stdout").open("w") as out, (tmp / "worker.stderr").open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "examples.resumable_worker"],
+            cwd=ROOT,
+            env=_env(redis, settings),
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(BOUND)
+
+
+def test_a_worker_killed_mid_job_ends_the_stream_with_job_lost_and_its_keys_expire(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    lease = {"ASGI_SSE_LEASE": 0.3}  # so the death is noticed in a fraction of a second
+    with (
+        hypercorn(tmp_path, "A", redis_server, **lease) as a,
+        killable_worker(tmp_path, redis_server, **lease) as process,
+    ):
+        job_id = start_job(a, steps=100_000, interval=INTERVAL, worker=1)  # would run for ages
+        with watching(a, job_id) as events:
+            seen = [next(events) for _ in range(K)]
+            os.killpg(process.pid, signal.SIGKILL)  # no finally, no farewell: a crash
+            process.wait(BOUND)
+            seen += read_until_end(events)
+            assert next(events, None) is None  # the response ends right after
+        end = seen[-1]
+        assert (end["event"], json.loads(end["data"])) == ("error", {"type": "JobLost"})
+        assert ids(seen) == list(range(1, int(end["id"]) + 1))  # last + 1, nothing missed
+        assert [e["event"] for e in seen[:-1]] == ["progress"] * (len(seen) - 1)
+        assert status_of(a, job_id, end["id"]) == 204  # a reconnect: nothing more to come
+        client = Redis.from_url(redis_server.url)
+        try:
+            for part in ("meta", "log"):
+                ttl = client.pttl(f"{PREFIX}{{{job_id}}}:{part}")
+                assert ttl > 0, f"{part}: PTTL {ttl}, kept for ever after its publisher died"
+        finally:
+            client.close()
+    # Leaving hypercorn() asserted that A printed no traceback.
+
+
+# -- 9. a new watch while Redis is down ------------------------------------------------------------
+
+
+def test_a_new_watch_while_redis_is_down_gets_503_then_the_events_once_it_is_back(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    steps = 3
+    with hypercorn(tmp_path, "A", redis_server) as a:
+        job_id = start_job(a, steps=steps, interval=0)
+        wait_for_state(redis_server, job_id, "ended")
+        redis_server.stop()
+        # An answer, not a request hanging until the client gives up (BOUND).
+        response = httpx.get(f"{a.url}/jobs/{job_id}/events", timeout=BOUND)
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert response.json()["type"] == "BackendUnavailable"
+        assert int(response.headers["retry-after"]) >= 0
+        redis_server.start()  # the same request, as the client retries it
+        with watching(a, job_id) as events:
+            seen = read_until_end(events)
+    assert ids(seen) == list(range(1, steps + 2))
+    assert [e["event"] for e in seen] == ["progress"] * steps + ["completed"]
+
+
+# -- 10. Redis outages seen from inside one process (redis-py's asyncio client: asyncio only) -----
+
+
+async def _read_some(backend: RedisBackend, job_id: str, after: int = 0) -> int:
+    """Read the log until it has something after ``after``: the job is publishing."""
+    while True:
+        page = await backend.read(job_id, after)  # blocks up to ``block``: no busy loop
+        if page.events:
+            return page.events[-1][0]
+
+
+async def _read_until_lost(backend: RedisBackend, job_id: str, after: int) -> int:
+    """Follow the log, as a watcher does, until the job is declared lost; return the
+    newest id read (everything the job published up to then)."""
+    while True:
+        try:
+            page = await backend.read(job_id, after)
+        except JobLost:
+            return after
+        assert page.end_id is None, "the job ended instead of being lost"
+        if page.events:
+            after = page.events[-1][0]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_leaving_jobs_during_a_redis_outage_is_bounded_and_stops_the_job(
+    redis_server: RedisServer,
+) -> None:
+    client = AsyncRedis.from_url(redis_server.url)
+    backend = RedisBackend(client, lease=0.3, block=0.1)
+    jobs = Jobs(backend, shutdown_grace=0.5)
+    job = Endless()
+    try:
+        with anyio.fail_after(BOUND):
+            async with jobs:
+                job_id = await jobs.start(Job(job), keep_running=True)
+                await _read_some(backend, job_id)
+                redis_server.stop()  # the job keeps reporting; nothing can be published
+    finally:
+        await client.aclose()
+    assert job.stopped.is_set()  # its thread was stopped and waited for, not left behind
+    assert job.outcome == ["cancelled"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_publisher_cut_off_for_longer_than_its_lease_is_declared_lost_and_stops(
+    redis_server: RedisServer,
+) -> None:
+    """Only the publisher loses Redis (through a proxy that then refuses it), while a
+    watcher still reaches it: the watcher declares the job lost, and the publisher,
+    back again, must publish nothing more and stop its job."""
+    with (
+        socket.socket() as dead,  # bound, never listening: connections to it are refused
+        TcpProxy([redis_server.port]) as proxy,
+    ):
+        dead.bind(("127.0.0.1", 0))
+        publisher = AsyncRedis.from_url(f"redis://127.0.0.1:{proxy.port}/0")
+        watcher_client = AsyncRedis.from_url(redis_server.url)
+        watcher = RedisBackend(watcher_client, lease=0.3, block=0.1)
+        jobs = Jobs(RedisBackend(publisher, lease=0.3, block=0.1))
+        job = Endless()
+        try:
+            with anyio.fail_after(BOUND):
+                async with jobs:
+                    job_id = await jobs.start(Job(job), keep_running=True)
+                    after = await _read_some(watcher, job_id)
+                    proxy.target = dead.getsockname()[1]
+                    proxy.cut()  # the publisher's renewals fail from here on
+                    after = await _read_until_lost(watcher, job_id, after)
+                    proxy.target = redis_server.port  # the publisher reaches Redis again
+                    await anyio.to_thread.run_sync(job.stopped.wait)
+        finally:
+            await publisher.aclose()
+            await watcher_client.aclose()
+    assert job.outcome == ["cancelled"]
+    client = Redis.from_url(redis_server.url)
+    try:
+        meta = client.hgetall(f"{PREFIX}{{{job_id}}}:meta")
+        newest = client.xrevrange(f"{PREFIX}{{{job_id}}}:log", count=1)
+    finally:
+        client.close()
+    assert meta[b"state"] == b"lost"
+    assert int(meta[b"last"]) == after  # nothing published after it was declared lost
+    assert newest[0][0] == f"{after}-0".encode()

@@ -547,3 +547,83 @@ async def test_a_job_whose_log_fails_is_stopped_and_lost_and_the_others_go_on(
         assert broken_job.stopped.is_set()  # its thread was told to stop
         assert broken_job.outcome == ["cancelled"]
     assert "job bad could not be published" in caplog.text
+
+
+class Stuck:
+    """Reports once, then blocks (a long computation) until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.outcome: list[str] = []
+
+    def __call__(self, on_progress: Reporter) -> None:
+        on_progress("started", {})
+        if not self.release.wait(BOUND):
+            raise TimeoutError("the test never released the job")
+        try:
+            on_progress("late", {})
+        except JobCancelled:
+            self.outcome.append("cancelled")
+            raise
+
+
+def test_an_abandoned_jobs_end_is_recorded_before_its_thread_stops() -> None:
+    """A reconnect must not wait on a computation that nobody will read: the
+    log ends (and its terminal id gets 204) while the thread is still busy."""
+    stuck = Stuck()
+    registry = clocks()
+    registry["stuck"] = lambda: Job(stuck)
+    with running(Jobs(grace=GRACE), registry) as (_, client):
+        job_id = start(client, "stuck")
+        events = watch(client, job_id, count=1)  # then leave: nobody watches
+        assert [e.event for e in events] == ["progress"]
+        unwatched_grace_passes(client)  # a reconnect would watch it: wait without one
+        rest = watch(client, job_id, last="1")
+        assert [(e.event, e.id, json.loads(e.data)) for e in rest] == [
+            ("error", "2", {"type": "JobAbandoned"})
+        ]
+        assert not stuck.release.is_set()  # the thread is still inside its computation
+        assert (
+            client.get(f"/jobs/{job_id}/events", headers={"last-event-id": "2"}).status_code == 204
+        )
+        stuck.release.set()
+    assert stuck.outcome == ["cancelled"]  # at its next report, it was told
+
+
+def test_one_event_stream_of_a_watch_serves_each_request_from_its_own_place() -> None:
+    """An EventStream may be mounted as an app and serve many requests at once:
+    each resumes from its own Last-Event-ID."""
+    gate = Stepper(4)
+    jobs = Jobs(grace=60)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            async with jobs:
+                await send({"type": "lifespan.startup.complete"})
+                await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["method"] == "POST":
+            await answer(send, 201, {"id": await jobs.start(Job(gate), id="shared")})
+        else:
+            await mounted(scope, receive, send)
+
+    mounted = EventStream(jobs.watch("shared"))  # one instance, every request
+    with (
+        serve(app, wrap=False) as served,
+        httpx.Client(base_url=served.url, timeout=BOUND) as client,
+    ):
+        assert client.post("/").status_code == 201
+        gate.allow(2)
+        assert ids(watch(client, "shared", count=2)) == [1, 2]
+        late, early = Watcher(client, "shared", last="2"), Watcher(client, "shared", last="0")
+        late.start()
+        early.start()
+        late.wait_for(0)
+        early.wait_for(2)  # replayed while the job waits: both are connected
+        gate.allow(2)
+        late.join(BOUND)
+        early.join(BOUND)
+    assert ids(late.events) == [3, 4, 5]
+    assert ids(early.events) == [1, 2, 3, 4, 5]

@@ -506,3 +506,11 @@ def test_check_job_id_accepts(job_id: str) -> None:
 def test_check_job_id_refuses(job_id: Any) -> None:
     with pytest.raises(ValueError, match="a job id is 1 to 128"):
         check_job_id(job_id)
+
+
+@pytest.mark.anyio
+async def test_a_reader_of_a_job_that_never_starts_learns_it_is_gone(backend: Backend) -> None:
+    """Expiry fires no event of its own: the read must still end."""
+    await backend.create("j", keep=0.3)
+    with anyio.fail_after(BOUND), pytest.raises(JobLost):
+        await read_forever(backend, "j")
