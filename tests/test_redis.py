@@ -555,7 +555,9 @@ async def test_a_publisher_cut_off_for_longer_than_its_lease_is_declared_lost_an
                     proxy.cut()  # the publisher's renewals fail from here on
                     after = await _read_until_lost(watcher, job_id, after)
                     proxy.target = redis_server.port  # the publisher reaches Redis again
-                    await anyio.to_thread.run_sync(job.stopped.wait)
+                    # Its job stops at its next report; a thread wait the bound can cut short.
+                    stopped = job.stopped.wait
+                    assert await anyio.to_thread.run_sync(stopped, BOUND, abandon_on_cancel=True)
         finally:
             await publisher.aclose()
             await watcher_client.aclose()
@@ -568,4 +570,5 @@ async def test_a_publisher_cut_off_for_longer_than_its_lease_is_declared_lost_an
         client.close()
     assert meta[b"state"] == b"lost"
     assert int(meta[b"last"]) == after  # nothing published after it was declared lost
+    assert newest
     assert newest[0][0] == f"{after}-0".encode()
