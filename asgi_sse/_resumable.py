@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 from anyio import (
     TASK_STATUS_IGNORED,
@@ -36,15 +36,9 @@ from ._log import Retention, Trimmer, check_job_id, new_job_id
 from ._store import Backend, JobExists, JobLost, MemoryBackend, retrying
 from ._watch import Watch
 
-if TYPE_CHECKING:
-    from typing_extensions import ParamSpec
-
-    P = ParamSpec("P")
-
 __all__ = ["ABANDONED_ERROR", "Jobs"]
 
 logger = logging.getLogger("asgi_sse")
-T = TypeVar("T")
 
 #: The data of the ``error`` event that ends a job nobody watched for its grace period.
 ABANDONED_ERROR = {"type": "JobAbandoned"}
@@ -57,7 +51,7 @@ class Jobs:
 
     A job started here runs in a worker thread of this process and publishes to
     ``backend`` (by default in memory, for this process only); clients watch it
-    by id with :meth:`watch` or :meth:`stream`, and a client that reconnects
+    by id with :meth:`watch`, and a client that reconnects
     with ``Last-Event-ID`` gets what it missed, then the live events.
 
     Enter it (``async with jobs:``) for as long as the app serves, in its

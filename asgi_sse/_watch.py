@@ -36,8 +36,9 @@ _UNAVAILABLE = {"type": "BackendUnavailable"}
 
 @dataclass(frozen=True)
 class Watch:
-    """A resumable job as seen by one request: prepared (status decided) before
-    the response starts, then followed from the client's last event id."""
+    """A resumable job to follow. For each request, :meth:`prepare` decides the
+    status before the response starts, from the request's last event id, and
+    the :class:`Follow` it returns copies the log from there."""
 
     backend: Backend
     encoder: Encoder

@@ -38,6 +38,14 @@ except ImportError:  # pragma: no cover (the message is the point)
 
 __all__ = ["RedisBackend"]
 
+_PASSING = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,
+    redis_errors.OutOfMemoryError,
+    OSError,
+)
+
 logger = logging.getLogger("asgi_sse")
 T = TypeVar("T")
 
@@ -163,10 +171,12 @@ class RedisBackend:
         return f"{self.prefix}{{{job_id}}}:{part}"
 
     async def _call(self, call: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Redis's connection errors as the backend-neutral :class:`BackendUnavailable`."""
+        """Redis's passing troubles as the backend-neutral :class:`BackendUnavailable`:
+        no connection (``LOADING`` after a restart included), a replica that is
+        read-only after a failover, a server out of memory until keys expire."""
         try:
             return await call(*args, **kwargs)
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        except _PASSING as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
 
     async def _once(self, script: Any, keys: list[str], args: list[Any]) -> Any:
@@ -181,17 +191,13 @@ class RedisBackend:
 
     async def create(self, job_id: str, keep: float) -> None:
         token = secrets.token_hex(8)  # so that a retry of this very call is not refused
-        if not await retrying(
-            self._call, self._create, keys=self._keys(job_id)[:1], args=[_ms(keep), token]
-        ):
+        if not await self._once(self._create, self._keys(job_id)[:1], [_ms(keep), token]):
             raise JobExists(f"job {job_id!r} already exists")
 
     @asynccontextmanager
     async def publishing(self, job_id: str) -> AsyncIterator[None]:
         keys, token = self._keys(job_id), secrets.token_hex(8)
-        claimed = await retrying(
-            self._call, self._claim, keys=keys[:2], args=[_ms(self.lease), token]
-        )
+        claimed = await self._once(self._claim, keys[:2], [_ms(self.lease), token])
         if claimed == -1:
             raise JobLost(f"no job {job_id!r}")
         if claimed == 0:

@@ -26,7 +26,7 @@ from asgi_sse._log import (
     check_job_id,
     parse_event_id,
 )
-from asgi_sse._store import Backend, JobExists, JobLost, MemoryBackend
+from asgi_sse._store import Backend, BackendUnavailable, JobExists, JobLost, MemoryBackend
 
 GRACE = 0.1
 LEASE = 0.3  # short, so a lost publisher and an unwatched job show quickly
@@ -514,3 +514,30 @@ async def test_a_reader_of_a_job_that_never_starts_learns_it_is_gone(backend: Ba
     await backend.create("j", keep=0.3)
     with anyio.fail_after(BOUND), pytest.raises(JobLost):
         await read_forever(backend, "j")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_redis_out_of_memory_is_an_outage_to_wait_out(redis_url: str) -> None:
+    """A server refusing writes for lack of memory (or read-only after a
+    failover) is a passing trouble: callers retry, they do not fail the job."""
+    from redis.asyncio import Redis  # noqa: PLC0415
+
+    from asgi_sse.redis import RedisBackend  # noqa: PLC0415
+
+    client = Redis.from_url(redis_url)
+    backend = RedisBackend(client, prefix=f"t-{uuid.uuid4().hex}:", lease=LEASE, block=BLOCK)
+    try:
+        await backend.create("j", keep=60)
+        async with backend.publishing("j"):
+            await client.config_set("maxmemory", 1)
+            try:
+                with pytest.raises(BackendUnavailable, match="maxmemory"):
+                    await backend.append("j", frames(1), 1)
+            finally:
+                await client.config_set("maxmemory", 0)
+            await backend.append("j", frames(1), 1)  # the same append, once memory is back
+            page = await backend.read("j", 0)
+        assert [n for n, _ in page.events] == [1]
+    finally:
+        await client.aclose()
