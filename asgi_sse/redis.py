@@ -14,8 +14,7 @@ Per job, under one hash tag (so Redis Cluster keeps them in one slot):
 - ``{id}:watched``, likewise set by every watcher: a job whose key has been
   missing for the grace period has nobody watching.
 
-Explicit entry ids make appends idempotent: a retry after a lost reply finds its
-entries there and adds nothing. redis-py's asyncio client runs on asyncio only.
+Every write is idempotent, so a retry after a lost reply is safe. Asyncio only.
 """
 
 from __future__ import annotations
@@ -49,9 +48,8 @@ _PASSING = (
 logger = logging.getLogger("asgi_sse")
 T = TypeVar("T")
 
-# Every script is idempotent, so a call retried after a lost reply does no harm.
 # KEYS: meta, alive, log. A running job's keys expire a lease plus ``keep`` after
-# its publisher's last renewal, so a publisher that dies leaves nothing for ever.
+# its publisher's last renewal: a publisher that dies leaves nothing for ever.
 
 # 1: created (or created by this same call before); 0: the id is taken.
 _CREATE = """
