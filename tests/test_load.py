@@ -17,7 +17,6 @@ import asyncio
 import gc
 import json
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -33,6 +32,7 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from processes import stopped_at_exit
 
 from asgi_sse import EventStream, EventStreamMiddleware, Job, Reporter
 from benchmarks.client import load
@@ -182,18 +182,8 @@ def hypercorn(tmp_path: Path, *options: str, **env: int) -> Iterator[Server]:
         )
     port = sock.getsockname()[1]
     sock.close()  # the server has its own copy; connections wait in the backlog meanwhile
-    try:
+    with stopped_at_exit(server, stderr):
         yield Server(port, stderr)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(BOUND)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-            raise
-    log = stderr.read_text()
-    assert "Traceback" not in log, log
 
 
 def report(name: str, **figures: Any) -> None:

@@ -29,6 +29,7 @@ import httpx
 import pytest
 from chromium import WAIT_MS, launch, open_page
 from conftest import BOUND, Endless, parse
+from processes import stopped_at_exit
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis_server import RedisServer, redis_server
@@ -69,24 +70,6 @@ def _env(redis: RedisServer, settings: dict[str, Any]) -> dict[str, str]:
 
 
 @contextmanager
-def _stopped_at_exit(process: subprocess.Popen[bytes], stderr: Path) -> Iterator[None]:
-    """SIGTERM the process group at the end, kill it if it hangs, and fail on any
-    traceback it printed (an error the client never saw is still an error)."""
-    try:
-        yield
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(BOUND)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            raise
-    log = stderr.read_text()
-    assert "Traceback" not in log, log
-
-
-@contextmanager
 def hypercorn(tmp: Path, name: str, redis: RedisServer, **settings: Any) -> Iterator[Process]:
     """``hypercorn examples.resumable:app`` in its own process, on a socket bound
     here so clients may connect at once (they wait in the backlog)."""
@@ -108,16 +91,17 @@ def hypercorn(tmp: Path, name: str, redis: RedisServer, **settings: Any) -> Iter
         )
     port = int(sock.getsockname()[1])
     sock.close()
-    with _stopped_at_exit(process, stderr):
+    with stopped_at_exit(process, stderr):
         yield Process(name, port, stderr)
 
 
-@contextmanager
-def worker(tmp: Path, redis: RedisServer, **settings: Any) -> Iterator[Path]:
-    """``python -m examples.resumable_worker``; yields the file its stdout goes to."""
-    stdout, stderr = tmp / "worker.stdout", tmp / "worker.stderr"
-    with stdout.open("w") as out, stderr.open("w") as err:
-        process = subprocess.Popen(
+def _start_worker(
+    tmp: Path, redis: RedisServer, settings: dict[str, Any]
+) -> subprocess.Popen[bytes]:
+    """``python -m examples.resumable_worker`` in its own process group; its stdout
+    and stderr go to ``worker.stdout`` and ``worker.stderr`` in ``tmp``."""
+    with (tmp / "worker.stdout").open("w") as out, (tmp / "worker.stderr").open("w") as err:
+        return subprocess.Popen(
             [sys.executable, "-m", "examples.resumable_worker"],
             cwd=ROOT,
             env=_env(redis, settings),
@@ -125,8 +109,13 @@ def worker(tmp: Path, redis: RedisServer, **settings: Any) -> Iterator[Path]:
             stderr=err,
             start_new_session=True,
         )
-    with _stopped_at_exit(process, stderr):
-        yield stdout
+
+
+@contextmanager
+def worker(tmp: Path, redis: RedisServer, **settings: Any) -> Iterator[Path]:
+    """The worker, stopped and checked at the end; yields the file its stdout goes to."""
+    with stopped_at_exit(_start_worker(tmp, redis, settings), tmp / "worker.stderr"):
+        yield tmp / "worker.stdout"
 
 
 @contextmanager
@@ -412,15 +401,7 @@ def killable_worker(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A worker process the test may SIGKILL itself: its stderr is not checked, since
     a killed process says nothing, and a dead process group is no error at the end."""
-    with (tmp / "worker.stdout").open("w") as out, (tmp / "worker.stderr").open("w") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "examples.resumable_worker"],
-            cwd=ROOT,
-            env=_env(redis, settings),
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-        )
+    process = _start_worker(tmp, redis, settings)
     try:
         yield process
     finally:
