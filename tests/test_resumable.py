@@ -77,6 +77,15 @@ def burst(n: int, on_progress: Reporter) -> dict[str, int]:
 # -- the app -------------------------------------------------------------------------------
 
 
+async def serve_jobs(jobs: Jobs, receive: Any, send: Any) -> None:
+    """The app's lifespan: the jobs run in its task group while it serves."""
+    await receive()
+    async with jobs:
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 def make_app(
     jobs: Jobs, registry: dict[str, Callable[[], Job[Any]]], retry: int | None = None
 ) -> Any:
@@ -84,11 +93,7 @@ def make_app(
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await receive()
-            async with jobs:
-                await send({"type": "lifespan.startup.complete"})
-                await receive()
-            await send({"type": "lifespan.shutdown.complete"})
+            await serve_jobs(jobs, receive, send)
             return
         parts = scope["path"].strip("/").split("/")
         query = parse_qs(scope["query_string"].decode())
@@ -598,11 +603,7 @@ def test_one_event_stream_of_a_watch_serves_each_request_from_its_own_place() ->
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await receive()
-            async with jobs:
-                await send({"type": "lifespan.startup.complete"})
-                await receive()
-            await send({"type": "lifespan.shutdown.complete"})
+            await serve_jobs(jobs, receive, send)
             return
         if scope["method"] == "POST":
             await answer(send, 201, {"id": await jobs.start(Job(gate), id="shared")})
