@@ -16,14 +16,14 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
-from anyio import move_on_after, sleep
+from anyio import move_on_after
 
 from ._bridge import Channel
 from ._encoder import Encoder
 from ._exceptions import JobCancelled
 from ._http import Refusal
 from ._log import BadEventId, check_job_id, parse_event_id
-from ._store import BACKOFF, Backend, BackendUnavailable, JobInfo, JobLost, retrying
+from ._store import Backend, BackendUnavailable, JobInfo, JobLost, Page, retrying
 
 __all__ = ["Follow", "Watch"]
 
@@ -122,23 +122,12 @@ class Follow:
             return "stopped"
 
     async def _follow(self, channel: Channel) -> str:
-        backend, job_id, encoder = self.watch.backend, self.watch.job_id, self.watch.encoder
-        unavailable = False
-        delay, longest = BACKOFF
+        encoder = self.watch.encoder
         while True:
             try:
-                page = await backend.read(job_id, self.after)
+                page = await self._read(channel)
             except JobLost:
                 return "lost"
-            except BackendUnavailable:
-                if not unavailable:
-                    unavailable = True
-                    await channel.aput(encoder.message("unavailable", None, _UNAVAILABLE))
-                await sleep(delay)  # a pause between attempts, not a wait for an event
-                delay = min(delay * 2, longest)
-                continue
-            unavailable = False
-            delay = BACKOFF[0]
             events = page.events
             if events:
                 frames = [frame for _, frame in events]
@@ -153,6 +142,16 @@ class Follow:
                 self.after = events[-1][0]
             if page.end_id is not None and self.after >= page.end_id:
                 return "end"
+
+    async def _read(self, channel: Channel) -> Page:
+        """The next page. An outage is told to the client once, at its start,
+        then waited out with the backend's usual retries."""
+        backend, job_id = self.watch.backend, self.watch.job_id
+        try:
+            return await backend.read(job_id, self.after)
+        except BackendUnavailable:
+            await channel.aput(self.watch.encoder.message("unavailable", None, _UNAVAILABLE))
+            return await retrying(backend.read, job_id, self.after)
 
 
 def _last_event_id(scope: Mapping[str, Any]) -> str | None:
