@@ -6,10 +6,6 @@ Each contract test runs on MemoryBackend (asyncio and trio) and on RedisBackend
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -17,6 +13,7 @@ from typing import Any
 import anyio
 import pytest
 from conftest import BOUND
+from redis_server import start_redis
 
 from asgi_sse._log import (
     MAX_EVENT_ID,
@@ -33,56 +30,14 @@ LEASE = 0.3  # short, so a lost publisher and an unwatched job show quickly
 BLOCK = 0.5  # RedisBackend's longest blocking read: longer than GRACE, see the unwatched test
 
 
-def _redis_server_path() -> str | None:
-    found = shutil.which("redis-server")
-    if found is None and shutil.which("redis-server", path="/usr/sbin") is not None:
-        found = "/usr/sbin/redis-server"
-    return found
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private redis-server for this module, on a free port, persisting nothing."""
-    binary = _redis_server_path()
-    if binary is None:
-        pytest.skip("redis-server missing: run scripts/system-deps.sh")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    workdir = tmp_path_factory.mktemp("redis")
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(
-        [*argv, "--dir", str(workdir)],
-        cwd=workdir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    ready = threading.Event()
-    output: list[str] = []
-
-    def watch_log() -> None:  # its log says when it accepts connections
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            output.append(line)
-            if "Ready to accept connections" in line:
-                ready.set()
-
-    reader = threading.Thread(target=watch_log, daemon=True)
-    reader.start()
+    """One redis-server for this module's tests (each uses its own key prefix)."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
     try:
-        assert ready.wait(BOUND), "redis-server did not start:\n" + "".join(output)
-        import redis  # noqa: PLC0415 (only when a server runs)
-
-        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=BOUND) as client:
-            assert client.ping()
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(BOUND)
-        reader.join(BOUND)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        server.stop()
 
 
 CASES = [
