@@ -91,8 +91,14 @@ def progress_app(
     json_decoder = msgspec.json.Decoder(arguments)
 
     def from_query(query: bytes) -> msgspec.Struct:
+        # Strictly UTF-8, raw or percent-encoded, as a JSON body must be: no
+        # job gets mojibake or U+FFFD for what the client meant.
+        try:
+            pairs = parse_qsl(query.decode(), keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            raise msgspec.DecodeError("the query string is not valid UTF-8") from None
         values: dict[str, Any] = {}
-        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        for name, value in pairs:
             if name in many:
                 values.setdefault(name, []).append(value)
             elif name in values:
@@ -101,46 +107,48 @@ def progress_app(
                 values[name] = value
         return msgspec.convert(values, arguments, strict=False)
 
+    def from_body(body: bytes) -> msgspec.Struct:
+        try:
+            return json_decoder.decode(body)
+        except msgspec.ValidationError:
+            raise
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            # msgspec raises the last two for invalid UTF-8 in a string and for
+            # nesting deeper than the interpreter allows: malformed all the same.
+            raise msgspec.DecodeError(f"malformed JSON body: {exc}") from exc
+
+    async def request_arguments(scope: Scope, receive: Receive) -> msgspec.Struct | Refusal | None:
+        """The job's arguments, or the 4xx to answer, or None if the client left."""
+        method = scope["method"]
+        if method not in ("GET", "HEAD", "POST"):
+            return _error(405, f"{method} is not allowed", [("allow", "GET, POST")])
+        try:
+            if method != "POST":
+                return from_query(scope.get("query_string", b""))
+            body = await _read_json_body(scope, receive)
+            return body if body is None or isinstance(body, Refusal) else from_body(body)
+        except msgspec.ValidationError as exc:
+            return _error(422, str(exc))
+        except msgspec.DecodeError as exc:
+            return _error(400, str(exc))
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await answer_lifespan(receive, send)
             return
         if scope["type"] != "http":
             raise RuntimeError(f"progress_app serves HTTP requests, not {scope['type']!r}")
-        method = scope["method"]
-        try:
-            if method in ("GET", "HEAD"):
-                args = from_query(scope.get("query_string", b""))
-            elif method == "POST":
-                body = await _read_json_body(scope, receive)
-                if body is None:
-                    return  # the client left
-                if isinstance(body, Refusal):
-                    await body(scope, receive, send)
-                    return
-                try:
-                    args = json_decoder.decode(body)
-                except (UnicodeDecodeError, RecursionError) as exc:
-                    # What msgspec raises for invalid UTF-8 in a string, and for nesting
-                    # deeper than the interpreter allows: malformed bodies all the same.
-                    raise msgspec.DecodeError(str(exc)) from exc
-            else:
-                await _error(405, f"{method} is not allowed", [("allow", "GET, POST")])(
-                    scope, receive, send
-                )
-                return
-        except msgspec.DecodeError as exc:
-            if isinstance(exc, msgspec.ValidationError):
-                await _error(422, str(exc))(scope, receive, send)
-            else:
-                await _error(400, f"malformed JSON body: {exc}")(scope, receive, send)
-            return
-        if method == "HEAD":
+        args = await request_arguments(scope, receive)
+        if args is None:
+            return  # the client left
+        if isinstance(args, Refusal):
+            await args(scope, receive, send)
+        elif scope["method"] == "HEAD":
             await send({"type": "http.response.start", "status": 200, "headers": stream_headers})
             await send({"type": "http.response.body", "body": b""})
-            return
-        kwargs = {name: getattr(args, name) for name in args.__struct_fields__}
-        await EventStream(Job(func, **kwargs), **stream_options)(scope, receive, send)
+        else:
+            kwargs = {name: getattr(args, name) for name in args.__struct_fields__}
+            await EventStream(Job(func, **kwargs), **stream_options)(scope, receive, send)
 
     return app
 

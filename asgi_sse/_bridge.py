@@ -1,10 +1,10 @@
 """Encoded events from producers (worker threads or tasks) to the event loop.
 
-Events gather in one bounded batch under a lock and cross to the loop over an
-anyio memory object stream, a whole batch at a time. A producer that finds the
-loop parked waiting schedules one delivery and carries on: every event it adds
-before the delivery runs travels in the same batch, and while the loop is busy
-sending, the loop takes the batch itself when it comes back. So a slow producer's
+Events gather in one bounded batch under a lock; the loop is woken over an
+anyio memory object stream and takes the whole batch at a time. A producer that
+finds the loop parked waiting schedules one wake-up and carries on: every event
+it adds before the loop runs leaves in the same batch, and while the loop is
+busy sending, it takes the batch itself when it comes back. So a slow producer's
 event leaves at once and a fast producer never waits for the loop; a full batch
 makes it wait (backpressure) instead of growing memory.
 
@@ -14,15 +14,16 @@ public fire-and-forget call into the loop, so :func:`_call_soon` uses the
 backend's own (asyncio's ``call_soon_threadsafe``, trio's ``run_sync_soon``)
 through anyio's event loop token.
 
-Nothing polls and nothing times out. A chunk is in ``_batch``, or in the one
-batch in flight to a parked receiver, or taken; order is kept because the loop
-only takes ``_batch`` itself when no batch is in flight.
+Nothing polls and nothing times out. A chunk is in ``_batch`` until the loop
+takes it, and only the loop takes it, so a receiver cancelled at any point
+(after it was woken, too) loses nothing and order is kept.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 
 import anyio
 from anyio import (
@@ -69,7 +70,7 @@ class Channel:
         self._size = 0  # bytes in _batch
         self._waiting = False  # the loop is parked on the stream and nothing is in flight
         self._in_flight = False  # a delivery is scheduled and has not run yet
-        self._stranded = False  # a receive was interrupted: a delivery may wait in the buffer
+        self._stranded = False  # a receive was interrupted: a wake-up may wait in the buffer
         self._closed = False  # no more chunks will be added
         self._cancelled = False  # nobody is listening: chunks are dropped
         self._stopped = False  # producers must stop (cancelled, or ended early)
@@ -77,8 +78,8 @@ class Channel:
         self._space: anyio.Event | None = None
         self._call_soon = _call_soon(current_token())
         self._loop_thread = threading.get_ident()
-        # One batch at most is ever in flight, so a buffer of one never blocks.
-        self._send, self._receive = create_memory_object_stream[list[bytes]](1)
+        # Wake-ups only (chunks stay in _batch), one at most in flight: a buffer of one.
+        self._send, self._receive = create_memory_object_stream[None](1)
 
     @property
     def cancelled(self) -> bool:
@@ -212,15 +213,19 @@ class Channel:
         return True
 
     def _deliver(self) -> None:
-        """In the loop: hand everything gathered so far to the parked receiver."""
+        """In the loop: wake the parked receiver, which takes the batch itself.
+
+        Only a wake-up crosses the stream, never the batch: a receiver cancelled
+        just after it was woken (a server's graceful timeout) drops what it was
+        handed, so the chunks must stay in ``_batch`` until a receiver takes them.
+        """
         with self._lock:
             self._in_flight = False
             if self._cancelled:
                 return
-            batch = self._take()
             closed = self._closed
-        self._wake_async_producer()
-        self._send.send_nowait(batch)
+        with suppress(WouldBlock):  # a stale wake-up waits in the buffer: one is enough
+            self._send.send_nowait(None)
         if closed:
             self._send.close()
 
@@ -250,27 +255,28 @@ class Channel:
                 self._waiting = True
         if batch is None:
             try:
-                return await self._receive.receive()
+                await self._receive.receive()
             except (EndOfStream, ClosedResourceError):
                 self._receive.close()
                 raise EndOfStream from None
             except BaseException:
-                # Interrupted. A delivery in flight lands in the stream's buffer,
-                # where the next receive or take_rest looks first.
+                # Interrupted: the chunks are still in the batch. A wake-up in
+                # flight may land in the stream's buffer; the next look drops it.
                 with self._lock:
                     self._waiting = False
                     self._stranded = True
                 raise
+            with self._lock:
+                batch = self._take()  # empty if a direct take came first
         self._wake_async_producer()
         return batch
 
     def _take_ready(self) -> list[bytes] | None:
-        """Under the lock: a delivered batch first (it is older), else the batch."""
+        """Under the lock: the batch, if anything is in it."""
         if self._stranded:  # only after an interrupted receive: keep the hot path free
-            try:
-                return self._receive.receive_nowait()
-            except (WouldBlock, EndOfStream, ClosedResourceError):
-                pass
+            self._stranded = False
+            with suppress(WouldBlock, EndOfStream, ClosedResourceError):
+                self._receive.receive_nowait()  # a stale wake-up
         return self._take() if self._batch else None
 
     def take_rest(self) -> list[bytes]:

@@ -98,17 +98,38 @@ class Encoder:
             else:
                 if type(encoded) is not type(value):  # same type back: it did not know
                     return encoded
+        kind: Any = type(value)
+        if kind.__str__ is object.__str__ and kind.__repr__ is object.__repr__:
+            # Its str() would be "<Foo object at 0x7f...>": no text, and an
+            # address that helps an attacker.
+            raise TypeError(
+                f"Cannot encode a {kind.__name__}: it is not JSON-serializable and has"
+                " no str() of its own (give it one, or an enc_hook)"
+            )
         try:
             text = str(value)
         except Exception as exc:
             raise TypeError(
-                f"Cannot encode a {type(value).__name__}: it is not JSON-serializable"
+                f"Cannot encode a {kind.__name__}: it is not JSON-serializable"
                 f" and str() raised {type(exc).__name__}"
             ) from exc
         return text
 
     def json(self, value: Any) -> bytes:
-        """Encode ``value`` as compact JSON (always a single line)."""
+        """Encode ``value`` as compact JSON (always a single line).
+
+        Raises ``TypeError`` for a value with no JSON form and no ``str()`` of
+        its own, ``ValueError`` for one that contains itself or nests deeper
+        than the interpreter's recursion limit."""
+        try:
+            return self._encode(value)
+        except RecursionError:
+            raise ValueError(
+                "Cannot encode a value that contains itself, or nests deeper than"
+                " the recursion limit"
+            ) from None
+
+    def _encode(self, value: Any) -> bytes:
         if self._transliterate is None:
             try:
                 return self._json.encode(value)

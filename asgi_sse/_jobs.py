@@ -15,7 +15,7 @@ from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
 from typing import Any, Generic, TypeVar, Union
 
-from anyio import CapacityLimiter, to_thread
+from anyio import CapacityLimiter, get_cancelled_exc_class, to_thread
 from anyio.lowlevel import RunVar
 
 from ._bridge import Channel
@@ -132,11 +132,13 @@ def _encode_item(encoder: Encoder, item: Any) -> bytes:
     return b"data: %b\n\n" % encoder.json(item)
 
 
-class _Exited(Exception):
-    """A job's ``SystemExit`` or ``KeyboardInterrupt``, carried out of its worker
-    thread as an ordinary failure: re-raised in the event loop, either would stop
-    the whole server. (Signals reach the main thread only, so in a worker these
-    come from the job's own code.)"""
+class _Raised(Exception):
+    """A source's ``BaseException`` that is not an ``Exception`` (``SystemExit``,
+    ``GeneratorExit``, a library's own), carried out as an ordinary failure:
+    re-raised in the event loop, it would pass for a cancellation or stop the
+    server, and on HTTP/2 take the connection's other streams with it.
+    (Signals reach the main thread only, so in a worker these come from the
+    job's own code.)"""
 
     def __init__(self, exc: BaseException) -> None:
         super().__init__(repr(exc))
@@ -148,8 +150,10 @@ def _run_job(job: Job[Any], reporter: Reporter, channel: Channel) -> Any:
         raise JobCancelled("the client is gone")
     try:
         return job.func(*job.args, on_progress=reporter, **job.kwargs)
-    except (SystemExit, KeyboardInterrupt) as exc:
-        raise _Exited(exc) from exc
+    except (Exception, JobCancelled):
+        raise
+    except BaseException as exc:
+        raise _Raised(exc) from exc
 
 
 def _drain(iterable: Iterable[Any], channel: Channel, encoder: Encoder) -> Any:
@@ -161,8 +165,10 @@ def _drain(iterable: Iterable[Any], channel: Channel, encoder: Encoder) -> Any:
                 item = next(iterator)
             except StopIteration as stop:
                 return stop.value
-            except (SystemExit, KeyboardInterrupt) as exc:
-                raise _Exited(exc) from exc
+            except (Exception, JobCancelled):
+                raise
+            except BaseException as exc:
+                raise _Raised(exc) from exc
             channel.put(_encode_item(encoder, item))
         raise JobCancelled("the client is gone")
     finally:
@@ -196,9 +202,7 @@ async def run_source(
             result = await to_thread.run_sync(_run_job, source, reporter, channel, limiter=limiter)
         elif isinstance(source, AsyncIterable):
             result = None
-            async with _aclosing(source) as items:
-                async for item in items:
-                    await channel.aput(_encode_item(encoder, item))
+            await _consume(source, channel, encoder)
         else:
             result = await to_thread.run_sync(_drain, source, channel, encoder, limiter=limiter)
     except JobCancelled as exc:
@@ -209,7 +213,7 @@ async def run_source(
         channel.close(_error_event(encoder, reporter, None, exc))
         return
     except Exception as exc:
-        failure = exc.exc if isinstance(exc, _Exited) else exc
+        failure = exc.exc if isinstance(exc, _Raised) else exc
         if channel.cancelled:
             logger.error("event stream job failed after its client left", exc_info=failure)
             return
@@ -222,6 +226,20 @@ async def run_source(
         logger.error("event stream result could not be encoded", exc_info=exc)
         last = _error_event(encoder, reporter, on_error, exc)
     channel.close(last)
+
+
+async def _consume(source: AsyncIterable[Any], channel: Channel, encoder: Encoder) -> None:
+    """Put an async source's items into the channel. In the event loop, the
+    loop's own cancellation and a signal's ``KeyboardInterrupt`` or
+    ``SystemExit`` must go on; any other ``BaseException`` is the source's."""
+    try:
+        async with _aclosing(source) as items:
+            async for item in items:
+                await channel.aput(_encode_item(encoder, item))
+    except (Exception, JobCancelled, KeyboardInterrupt, SystemExit, get_cancelled_exc_class()):
+        raise
+    except BaseException as exc:
+        raise _Raised(exc) from exc
 
 
 def _next_id(reporter: Reporter | None) -> int | None:

@@ -116,8 +116,10 @@ def parse_event_id(value: str | None) -> int:
 
 
 def check_job_id(job_id: str) -> str:
-    """Job ids go into URLs and storage keys: 1 to 128 URL-safe characters."""
-    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+    """Job ids go into URLs and storage keys: 1 to 128 URL-safe characters,
+    not ``.`` or ``..``."""
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id) or job_id in (".", ".."):
+        # "." and ".." are path segments: in a URL they move up a level.
         shown = job_id if not isinstance(job_id, str) or len(job_id) <= 40 else job_id[:40] + "..."
         raise ValueError(f"a job id is 1 to 128 of A-Z a-z 0-9 _ . : ~ -, got {shown!r}")
     return job_id

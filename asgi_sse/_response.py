@@ -26,7 +26,7 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from functools import partial
-from typing import Any, TypedDict, Union
+from typing import Any, Protocol, TypedDict, Union
 
 from anyio import (
     CancelScope,
@@ -39,6 +39,7 @@ from anyio import (
     move_on_after,
     sleep,
 )
+from anyio.lowlevel import checkpoint
 
 from ._bridge import Channel
 from ._encoder import HEARTBEAT, Encoder
@@ -66,6 +67,10 @@ DEFAULT_BUFFER_BYTES = 1024 * 1024
 
 #: The data of the ``error`` event that ends a stream cut short by shutdown.
 SHUTDOWN_ERROR = {"type": "ServerShutdown"}
+
+#: Seconds the last message of a stream cut by the server may take: shutdown
+#: does not wait longer on a client that reads slowly.
+FAREWELL_TIMEOUT = 1.0
 
 #: What an :class:`EventStream` can stream: a :class:`Job`, an iterable or an
 #: async iterable of events, or a resumable job's :class:`Watch`.
@@ -198,7 +203,9 @@ class EventStream:
         """The encoded stream, for frameworks that send the body themselves.
 
         Leaving the context stops the job and waits for its thread. Watching
-        for disconnect and timing out sends are then the framework's part.
+        for disconnect is then the framework's part; a send the framework
+        takes longer than ``send_timeout`` over stops the job and ends the
+        stream, which then yields no more.
         """
         follow, self._follow = self._follow, None  # one prepare, one body
         if isinstance(self.source, Watch) and follow is None:
@@ -206,8 +213,9 @@ class EventStream:
         hub: Hub | None = None if scope is None else scope.get(SCOPE_KEY)
         channel = Channel(self.max_buffer_bytes)
         ticket = None if hub is None else hub.admit(partial(self._end, channel), force=True)
+        give_up = partial(_give_up, channel, hub, ticket, None, None)
         try:
-            async with self._chunks(channel, hub, ticket, follow) as chunks:
+            async with self._chunks(channel, hub, ticket, follow, give_up) as chunks:
                 yield chunks
         finally:
             if hub is not None and ticket is not None:
@@ -237,10 +245,10 @@ class EventStream:
                 try:
                     ended = Event()
                     sender = _Sender(send)
-                    tg.start_soon(self._watch_disconnect, receive, ended, tg.cancel_scope, hub)
+                    give_up = partial(_give_up, channel, hub, ticket, ended, tg.cancel_scope)
+                    tg.start_soon(self._watch_disconnect, receive, ended, give_up, hub)
                     if self.send_timeout is not None:
-                        watch = self._watch_sends
-                        tg.start_soon(watch, sender, self.send_timeout, ended, tg.cancel_scope, hub)
+                        tg.start_soon(_watch_sends, sender, self.send_timeout, give_up, hub)
                     await self._stream(sender, channel, hub, ticket, ended, follow=follow)
                 finally:
                     tg.cancel_scope.cancel()
@@ -270,32 +278,43 @@ class EventStream:
                     ):
                         return
             except get_cancelled_exc_class():
-                if not ended.is_set():
+                if not ended.is_set() and not send.behind:
                     # The server gave up on the request (its graceful shutdown timed
                     # out): say so, so no client takes the cut for a finished job.
+                    # Briefly: shutdown must not wait on a client that reads slowly,
+                    # and one cut off mid-send (behind) is not told at all.
                     rest = channel.take_rest()
                     farewell = self._farewell(channel.numbered)
                     if farewell is not None:
                         rest.append(farewell)
-                    with move_on_after(self.send_timeout, shield=True) as last:
+                    with move_on_after(FAREWELL_TIMEOUT, shield=True):
                         await send({"type": "http.response.body", "body": b"".join(rest)})
-                    if last.cancelled_caught:
-                        _timed_out(self.send_timeout, hub)
                 raise
         ended.set()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     @asynccontextmanager
     async def _chunks(
-        self, channel: Channel, hub: Hub | None, ticket: Ticket | None, follow: Follow | None
+        self,
+        channel: Channel,
+        hub: Hub | None,
+        ticket: Ticket | None,
+        follow: Follow | None,
+        give_up: Callable[[], None] | None = None,
     ) -> AsyncIterator[_Chunks]:
-        """Run the source and the heartbeat; yield the encoded chunks as they come."""
+        """Run the source and the heartbeat; yield the encoded chunks as they come.
+
+        With ``give_up`` (the body door), the framework's sends are timed too:
+        a send is what happens between handing out one chunk and being asked
+        for the next."""
         chunks = _Chunks(channel, hub)
         async with create_task_group() as tg:
             try:
                 tg.start_soon(self._produce, channel, hub, ticket, follow)
                 if self.heartbeat is not None:
                     tg.start_soon(self._beat, channel, self.heartbeat, chunks)
+                if give_up is not None and self.send_timeout is not None:
+                    tg.start_soon(_watch_sends, chunks, self.send_timeout, give_up, hub)
                 yield chunks
             finally:
                 # Tell the job before the task group waits for its thread.
@@ -315,6 +334,10 @@ class EventStream:
             limiter = limiter or hub.limiter
             slot = hub.slot(ticket, partial(self._queued, channel))
         async with slot:
+            if ticket is not None:  # it may have waited in line: is its client still there?
+                await checkpoint()  # (a disconnect that came with the slot is seen first)
+                if channel.cancelled:
+                    return  # no: its job never starts
             await run_source(
                 self.source, channel, encoder=self.encoder, limiter=limiter, on_error=self.on_error
             )
@@ -336,37 +359,20 @@ class EventStream:
         channel.end(self._farewell)
 
     @staticmethod
-    async def _watch_sends(
-        sender: _Sender, limit: float, ended: Event, scope: CancelScope, hub: Hub | None
-    ) -> None:
-        """End the stream once a single send has taken ``limit`` seconds: the
-        client stopped reading. One task times every send, because a cancel scope
-        per send costs more than the rest of an idle event's path. It looks four
-        times per ``limit``, so a stuck send ends after 1 to 1.25 times ``limit``."""
-        watched, since = -1, 0.0  # the send in progress at the last look, and when seen
-        while True:
-            await sleep(limit / 4)
-            now = current_time()
-            if not sender.busy:
-                watched = -1
-            elif sender.sends != watched:
-                watched, since = sender.sends, now
-            elif now - since >= limit:  # it began before it was first seen
-                break
-        _timed_out(limit, hub)
-        ended.set()
-        scope.cancel()
-
-    @staticmethod
     async def _watch_disconnect(
-        receive: Receive, ended: Event, scope: CancelScope, hub: Hub | None
+        receive: Receive, ended: Event, give_up: Callable[[], None], hub: Hub | None
     ) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        if hub is not None and not ended.is_set():
+        if ended.is_set():
+            # The last message is on its way, and a disconnect now is no news.
+            # Cancelling would land inside that send: hypercorn's trio worker
+            # delivers the disconnect from within it, and would be cut short
+            # closing the connection, leaving it open.
+            return
+        if hub is not None:
             hub.disconnects += 1
-        ended.set()
-        scope.cancel()
+        give_up()
 
     @staticmethod
     async def _beat(channel: Channel, interval: float, chunks: _Chunks) -> None:
@@ -385,15 +391,17 @@ class EventStream:
 
 class _Sender:
     """The ASGI ``send``, counting sends and noting one in progress (for the
-    watchdog: a counter is cheaper than a clock) and answering False for a
-    connection the server says is closed."""
+    watchdog: a counter is cheaper than a clock), noting a send cut off
+    before the server took it all (``behind``: the client is not reading),
+    and answering False for a connection the server says is closed."""
 
-    __slots__ = ("_send", "busy", "sends")
+    __slots__ = ("_send", "behind", "busy", "sends")
 
     def __init__(self, send: Send) -> None:
         self._send = send
         self.sends = 0
         self.busy = False
+        self.behind = False
 
     async def __call__(self, message: Message) -> bool:
         self.sends += 1
@@ -403,32 +411,85 @@ class _Sender:
         except OSError as exc:  # ASGI: a server may raise it for a closed connection
             logger.debug("event stream send failed: %r", exc)
             return False
+        except BaseException:
+            self.behind = True
+            raise
         finally:
             self.busy = False
         return True
 
 
-def _timed_out(limit: float | None, hub: Hub | None) -> None:
+class _Probe(Protocol):
+    """What the send watchdog reads: how many sends began, and whether one is
+    under way (the ASGI door's ``send``, or a framework's between two chunks)."""
+
+    sends: int
+    busy: bool
+
+
+async def _watch_sends(
+    probe: _Probe, limit: float, give_up: Callable[[], None], hub: Hub | None
+) -> None:
+    """Give up on the stream once a single send has taken ``limit`` seconds:
+    the client stopped reading. One task times every send, because a cancel
+    scope per send costs more than the rest of an idle event's path. It looks
+    four times per ``limit``, so a stuck send ends after 1 to 1.25 times
+    ``limit``."""
+    watched, since = -1, 0.0  # the send in progress at the last look, and when seen
+    while True:
+        await sleep(limit / 4)
+        now = current_time()
+        if not probe.busy:
+            watched = -1
+        elif probe.sends != watched:
+            watched, since = probe.sends, now
+        elif now - since >= limit:  # it began before it was first seen
+            break
     logger.warning("event stream send timed out after %ss; closing the stream", limit)
     if hub is not None:
         hub.send_timeouts += 1
+    give_up()
+
+
+def _give_up(
+    channel: Channel,
+    hub: Hub | None,
+    ticket: Ticket | None,
+    ended: Event | None,
+    scope: CancelScope | None,
+) -> None:
+    """End a stream now, without waiting for a send in progress to return (a
+    server may shield its socket writes, as hypercorn's trio worker does): the
+    job is told at once, so its thread and limiter token come back at its next
+    report, and the stream leaves the app's count now. ``scope`` (the ASGI
+    door's) is then cancelled; a framework's own send is left to the framework."""
+    if ended is not None:
+        ended.set()
+    if hub is not None and ticket is not None:
+        hub.leave(ticket)
+    channel.cancel()
+    if scope is not None:
+        scope.cancel()
 
 
 class _Chunks:
     """The channel's batches as body chunks: one chunk per batch, so a burst of
     events leaves in one send."""
 
-    __slots__ = ("_channel", "_hub", "taken_at")
+    __slots__ = ("_channel", "_hub", "busy", "sends", "taken_at")
 
     def __init__(self, channel: Channel, hub: Hub | None) -> None:
         self._channel = channel
         self._hub = hub
         self.taken_at = current_time()
+        self.sends = 0  # chunks handed out...
+        self.busy = False  # ...and the last one not yet sent (for the body door's watchdog)
 
     def __aiter__(self) -> _Chunks:
         return self
 
     async def __anext__(self) -> bytes:
+        self.busy = False
         batch: list[bytes] = []
         while not batch:  # a delivery that lost the race to a direct take is empty
             try:
@@ -438,6 +499,8 @@ class _Chunks:
         self.taken_at = current_time()
         if self._hub is not None:
             self._hub.events_sent += len(batch) - batch.count(HEARTBEAT)
+        self.sends += 1
+        self.busy = True
         return batch[0] if len(batch) == 1 else b"".join(batch)
 
 

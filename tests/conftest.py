@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from contextlib import asynccontextmanager, contextmanager
@@ -121,6 +124,50 @@ def serve(
         thread.join(BOUND)
         assert not thread.is_alive(), "hypercorn did not shut down"
         assert not failure, failure
+
+
+TESTS = Path(__file__).parent
+HYPERCORN = Path(sys.executable).parent / "hypercorn"
+
+
+@pytest.fixture
+def hypercorn_cli(tmp_path: Path) -> Iterator[Any]:
+    """Start ``hypercorn sigterm_app:app`` on a socket the test has bound already:
+    clients can connect at once (the kernel queues them), so nothing polls.
+    ``start(worker, graceful=1, threads=40)`` gives the process, its URL, the
+    file its jobs log to and the file its stderr goes to."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(
+        worker: str, *, graceful: int = 1, threads: int = 40
+    ) -> tuple[subprocess.Popen[str], str, Path, Path]:
+        log, stderr = tmp_path / "jobs.log", tmp_path / "stderr.log"
+        with socket.socket() as sock, stderr.open("w") as errors:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(1024)
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+            proc = subprocess.Popen(
+                [
+                    *(str(HYPERCORN), "sigterm_app:app", "--worker-class", worker),
+                    *("--bind", f"fd://{sock.fileno()}", "--graceful-timeout", str(graceful)),
+                    *("--backlog", "1024"),
+                ],
+                cwd=TESTS,
+                env={**os.environ, "ASGI_SSE_JOB_LOG": str(log), "ASGI_SSE_THREADS": str(threads)},
+                pass_fds=[sock.fileno()],
+                # A file, not a pipe: a server that logs more than a pipe holds
+                # would block on it, and look hung.
+                stderr=errors,
+                text=True,
+            )
+        procs.append(proc)
+        return proc, url, log, stderr
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import anyio
@@ -169,3 +170,30 @@ async def test_an_async_producer_is_held_to_the_bound_too() -> None:
 def test_the_bound_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         anyio.run(Channel, 0)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_receiver_cancelled_just_after_it_was_woken_loses_nothing() -> None:
+    """asyncio servers cancel the app's task natively (``task.cancel()``: a
+    graceful timeout), which anyio cannot see coming: in the same instant a
+    delivery wakes it, the wake-up is lost, but what it was woken for must still
+    be taken, in order."""
+    channel = Channel(1024)
+    parked = anyio.Event()
+
+    async def receive() -> None:
+        parked.set()
+        await channel.receive()
+
+    task = asyncio.ensure_future(receive())
+    await parked.wait()
+    await anyio.lowlevel.checkpoint()  # it is parked on the stream now
+    channel.put_nowait(b"one")  # wakes it...
+    task.cancel()  # ...and cancels it before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    channel.put_nowait(b"two")
+    try:
+        assert channel.take_rest() == [b"one", b"two"]
+    finally:
+        channel.cancel()

@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 import threading
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,9 +43,8 @@ def port_of(url: str) -> int:
 def exchange(url: str, request: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
     """Send raw request bytes on a new connection; the status, headers and body.
 
-    Reads by content-length or chunked framing, not to EOF: hypercorn's trio
-    worker keeps the connection open after a streamed response even when asked
-    to close it.
+    Reads by content-length or chunked framing, not to EOF, so a kept-alive
+    connection does not hold it up.
     """
     with socket.create_connection(("127.0.0.1", port_of(url)), timeout=BOUND) as sock:
         sock.sendall(request)
@@ -246,6 +246,37 @@ def test_an_error_message_or_a_results_str_cannot_inject_fields() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [
+        pytest.param("a%01b", None, id="SOH"),
+        pytest.param("a%7Fb", None, id="DEL"),
+        pytest.param("a%1Bb", None, id="ESC"),
+        pytest.param("a%0D%0Ax-injected:%201", None, id="CRLF"),
+        pytest.param("a%09b", b"a\tb", id="tab is allowed"),
+    ],
+)
+def test_control_characters_in_a_header_value_never_reach_the_wire(
+    value: str, sent: bytes | None
+) -> None:
+    """RFC 9110 allows no control character in a field value but tab: a handler
+    that passes one on fails (a 500), and no byte of it is sent."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        echo = urllib.parse.parse_qs(scope["query_string"].decode()).get("v", ["plain"])[0]
+        await EventStream(Job(two_steps), headers={"x-echo": echo})(scope, receive, send)
+
+    with serve(app) as server:
+        status, headers, _ = exchange(server.url, get(b"/?v=" + value.encode()))
+        if sent is None:
+            assert status == 500
+            assert b"x-echo" not in headers
+            assert b"x-injected" not in headers
+        else:
+            assert (status, headers[b"x-echo"]) == (200, sent)
+        still_serves(server.url)
+
+
 # 2. Last-Event-ID.
 
 # value -> what hypercorn (h11) answers: asgi-sse only ever sees the header bytes.
@@ -329,7 +360,6 @@ BAD_QUERIES = [
     pytest.param("n=3&n=4", error("`n` is given more than once"), id="list for a scalar"),
     pytest.param("n=[1]", error("Expected `int`, got `str` - at `$.n`"), id="JSON in a query"),
     pytest.param("n=", error("Expected `int`, got `str` - at `$.n`"), id="empty"),
-    pytest.param("n=%FF", error("Expected `int`, got `str` - at `$.n`"), id="bad UTF-8 for int"),
     pytest.param("n=1&ids=x", error("Expected `int`, got `str` - at `$.ids[0]`"), id="list item"),
     pytest.param(
         "n=1&extra=x", error("Expected `object | null`, got `str` - at `$.extra`"), id="dict"
@@ -404,19 +434,61 @@ def test_a_body_beyond_the_limit_gets_a_413_and_the_server_serves_on(size: int) 
 
 def test_raw_non_ascii_bytes_in_the_query_are_refused_by_the_server() -> None:
     """Unescaped bytes >= 0x80 in the request target (curl sends them as typed) get
-    hypercorn's own 400 with an empty body: the app never runs. Escaped invalid
-    UTF-8 (``%FF``) in a ``str`` argument reaches the job as U+FFFD, as
-    ``urllib.parse`` decodes it."""
+    hypercorn's own 400 with an empty body: the app never runs."""
     app, calls = measuring()
     with serve(app, wrap=False) as server:
         for raw in [b"/?n=1&label=caf\xc3\xa9", b"/?n=\xff"]:
             status, _, body = exchange(server.url, get(raw, b"Connection: close"))
             assert (status, body) == (400, b"")
         assert calls == []
-        status, _, body = exchange(server.url, get(b"/?n=1&label=%FF%C3%A9%00"))
+
+
+@pytest.mark.parametrize(
+    "query", ["n=1&label=%FF", "n=%FF", "n=1&label=%C3", "n=1&%FF=1"], ids=lambda q: q
+)
+def test_escaped_invalid_utf8_in_the_query_gets_a_400_json_error_and_no_job_runs(
+    query: str,
+) -> None:
+    """Refused as invalid UTF-8 in a JSON body is, rather than reaching the job as
+    U+FFFD (``urllib.parse``'s default)."""
+    app, calls = measuring()
+    with serve(app, wrap=False) as server, httpx.Client(timeout=BOUND) as client:
+        response = client.get(f"{server.url}?{query}")
+        assert (response.status_code, response.json()) == (
+            400,
+            error("the query string is not valid UTF-8"),
+        )
+        still_serves(f"{server.url}?n=1")
+    assert len(calls) == 1
+
+
+@pytest.mark.anyio
+async def test_raw_invalid_utf8_in_the_query_gets_a_400_not_latin1() -> None:
+    """A server that passes raw bytes on (hypercorn refuses them itself, above):
+    ``\\xff\\xfe`` must not reach the job as ``ÿþ``."""
+    app, calls = measuring()
+    messages: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        messages.append(message)
+
+    query = b"n=1&label=\xff\xfe"
+    await app({"type": "http", "method": "GET", "query_string": query}, receive, send)
+    assert messages[0]["status"] == 400
+    assert json.loads(messages[1]["body"]) == error("the query string is not valid UTF-8")
+    assert calls == []
+
+
+def test_valid_escaped_utf8_in_the_query_reaches_the_job_exactly() -> None:
+    app, calls = measuring()
+    with serve(app, wrap=False) as server:
+        status, _, body = exchange(server.url, get(b"/?n=1&label=%C3%A9%00%E2%80%A8"))
     assert status == 200
-    assert json.loads(parse(body)[-1]["data"]) == {"n": 1, "label": "\ufffdé\0"}
-    assert calls == [{"n": 1, "label": "\ufffdé\0", "ids": None, "extra": None}]
+    assert json.loads(parse(body)[-1]["data"]) == {"n": 1, "label": "\u00e9\0\u2028"}
+    assert calls == [{"n": 1, "label": "\u00e9\0\u2028", "ids": None, "extra": None}]
 
 
 UNDECODABLE_BODIES = [
@@ -492,6 +564,18 @@ def custom(on_progress: Reporter) -> Any:
     return {"point": Point(), "set": {3}, "bytes": b"\xff", "nan": float("nan")}
 
 
+def nameless(on_progress: Reporter) -> Any:
+    return {"where": object()}  # its str() would leak an address: <object object at 0x...>
+
+
+def reports_nameless(on_progress: Reporter) -> Any:
+    try:
+        on_progress("leak", {"where": object()})
+    except TypeError as exc:  # the report is refused in the job, where it was made
+        return f"the job saw: {type(exc).__name__}"
+    return "sent"
+
+
 def unprintable(on_progress: Reporter) -> Any:
     on_progress("almost", {})
     return [Unprintable()]
@@ -505,7 +589,13 @@ def unprintable(on_progress: Reporter) -> Any:
             [("completed", "1", {"point": "(1, 2)", "set": [3], "bytes": "/w==", "nan": None})],
             id="str fallback",
         ),
-        pytest.param(recursive, [("error", "1", {"type": "RecursionError"})], id="recursive"),
+        pytest.param(recursive, [("error", "1", {"type": "ValueError"})], id="recursive"),
+        pytest.param(nameless, [("error", "1", {"type": "TypeError"})], id="no str of its own"),
+        pytest.param(
+            reports_nameless,
+            [("completed", "1", "the job saw: TypeError")],
+            id="no str in a report",
+        ),
         pytest.param(
             unprintable,
             [
@@ -520,8 +610,10 @@ def test_a_result_json_cannot_hold_falls_back_to_str_or_ends_in_an_error(
     job: Any, expected: list[tuple[str, str, Any]]
 ) -> None:
     """msgspec's own types first (a set is an array, bytes base64, NaN null), then
-    ``str()``; a self-containing dict or a ``str()`` that raises cannot be encoded
-    at all, and the stream ends with an ``error`` naming why."""
+    ``str()``; a self-containing dict, an object with no ``str()`` of its own (whose
+    default would show a memory address) or a ``str()`` that raises cannot be
+    encoded at all: the stream ends with an ``error`` naming why, and a report of
+    one raises in the job."""
     with serve(stream_progress(job)) as server, httpx.Client(timeout=BOUND) as client:
         body = client.get(server.url).content
     assert [(e["event"], e["id"], json.loads(e["data"])) for e in parse(body)] == expected

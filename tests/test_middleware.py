@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -375,43 +369,6 @@ def test_an_app_that_shuts_down_from_its_own_trigger_ends_streams_first(
 
 # -- SIGTERM to hypercorn's own command line ------------------------------------------
 
-TESTS = Path(__file__).parent
-HYPERCORN = Path(sys.executable).parent / "hypercorn"
-
-
-@pytest.fixture
-def hypercorn_cli(tmp_path: Path) -> Iterator[Any]:
-    """Start ``hypercorn sigterm_app:app`` on a socket the test has bound already:
-    clients can connect at once (the kernel queues them), so nothing polls."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(worker: str) -> tuple[subprocess.Popen[str], str, Path]:
-        log = tmp_path / "jobs.log"
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            sock.listen(16)
-            url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
-            proc = subprocess.Popen(
-                [
-                    *(str(HYPERCORN), "sigterm_app:app", "--worker-class", worker),
-                    *("--bind", f"fd://{sock.fileno()}", "--graceful-timeout", "1"),
-                ],
-                cwd=TESTS,
-                env={**os.environ, "ASGI_SSE_JOB_LOG": str(log)},
-                pass_fds=[sock.fileno()],
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        procs.append(proc)
-        return proc, url, log
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()  # reap it and close its pipe
-
-
 HYPERCORN_ASYNCIO_SHUTDOWN = pytest.mark.xfail(
     strict=True,
     reason="hypercorn's asyncio worker: on Python 3.11 its own connection task logs the"
@@ -427,7 +384,7 @@ HYPERCORN_ASYNCIO_SHUTDOWN = pytest.mark.xfail(
 def test_sigterm_with_streams_open_ends_them_and_exits_promptly(
     worker: str, hypercorn_cli: Any
 ) -> None:
-    proc, url, log = hypercorn_cli(worker)
+    proc, url, log, stderr_log = hypercorn_cli(worker)
     lasts: dict[str, Any] = {}
     reading = threading.Barrier(3)
 
@@ -451,7 +408,7 @@ def test_sigterm_with_streams_open_ends_them_and_exits_promptly(
     finally:
         for thread in threads:
             thread.join(BOUND)
-    stderr = proc.stderr.read() if proc.stderr else ""
+    stderr = stderr_log.read_text()
     assert {name: (e.event, e.json()) for name, e in lasts.items()} == {
         "a": ("error", {"type": "ServerShutdown"}),
         "b": ("error", {"type": "ServerShutdown"}),

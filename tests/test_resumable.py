@@ -450,7 +450,9 @@ def test_hostile_last_event_ids_are_refused_and_the_server_goes_on() -> None:
         assert ids(watch(client, job_id, last="2")) == [3, 4, 5]
 
 
-@pytest.mark.parametrize("job_id", ["nope", "a%20b", "x" * 129, "%C3%A9", "a%00b", "%7Bx%7D"])
+@pytest.mark.parametrize(
+    "job_id", ["nope", "a%20b", "x" * 129, "%C3%A9", "a%00b", "%7Bx%7D", "%2E", "%2E%2E"]
+)
 def test_unknown_or_illegal_job_ids_are_404(job_id: str) -> None:
     with running(Jobs(grace=60), {}) as (_, client):
         for headers in ({}, {"last-event-id": "1"}):

@@ -456,7 +456,8 @@ def test_check_job_id_accepts(job_id: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "job_id", ["", "x" * 129, "a b", "a/b", "a%20b", "é", "a\x00", "{a}", "a\n", 5, None]
+    "job_id",
+    ["", "x" * 129, "a b", "a/b", "a%20b", "é", "a\x00", "{a}", "a\n", ".", "..", 5, None],
 )
 def test_check_job_id_refuses(job_id: Any) -> None:
     with pytest.raises(ValueError, match="a job id is 1 to 128"):
