@@ -83,6 +83,17 @@ def served_in_full(url: str) -> list[str]:
 # -- 1. the send timeout gives the stream up, whatever the server's send does -----------
 
 
+def given_up(bulk: Bulk, middleware: EventStreamMiddleware, next_url: str) -> None:
+    """The stalled stream's job was stopped and its stream counted out; then, with
+    one thread and one slot for the app, the next client is served in full."""
+    assert bulk.stopped.wait(BOUND), "the stalled stream's job was never stopped"
+    assert bulk.outcome == ["cancelled"]
+    assert (middleware.stats.send_timeouts, middleware.stats.open_streams) == (1, 0)
+    assert served_in_full(next_url) == ["progress"] * 3 + ["completed"]
+    assert middleware.stats.running_jobs == 0
+    assert middleware.limiter.borrowed_tokens == 0
+
+
 @pytest.mark.parametrize("worker", ["asyncio", "trio"])
 def test_a_client_that_never_reads_frees_its_job_thread_and_slot_at_the_send_timeout(
     worker: str,
@@ -98,12 +109,7 @@ def test_a_client_that_never_reads_frees_its_job_thread_and_slot_at_the_send_tim
 
     middleware = EventStreamMiddleware(route, threads=1, max_streams=1)
     with serve(middleware, backend=worker) as server, stalled_client(server.url):
-        assert bulk.stopped.wait(BOUND), "the stalled stream's job was never stopped"
-        assert bulk.outcome == ["cancelled"]
-        assert (middleware.stats.send_timeouts, middleware.stats.open_streams) == (1, 0)
-        assert served_in_full(f"{server.url}next") == ["progress"] * 3 + ["completed"]
-        assert middleware.stats.running_jobs == 0
-        assert middleware.limiter.borrowed_tokens == 0
+        given_up(bulk, middleware, f"{server.url}next")
 
 
 def test_a_framework_that_sends_the_body_itself_is_timed_too() -> None:
@@ -122,12 +128,7 @@ def test_a_framework_that_sends_the_body_itself_is_timed_too() -> None:
 
     middleware = EventStreamMiddleware(app, threads=1, max_streams=1)
     with serve(middleware, wrap=False) as server, stalled_client(server.url):
-        assert bulk.stopped.wait(BOUND), "the stalled stream's job was never stopped"
-        assert bulk.outcome == ["cancelled"]
-        assert (middleware.stats.send_timeouts, middleware.stats.open_streams) == (1, 0)
-        assert served_in_full(f"{server.url}next") == ["progress"] * 3 + ["completed"]
-        assert middleware.stats.running_jobs == 0
-        assert middleware.limiter.borrowed_tokens == 0
+        given_up(bulk, middleware, f"{server.url}next")
 
 
 # -- 2. shutdown with stalled clients ----------------------------------------------------
