@@ -240,10 +240,11 @@ async def test_a_stream_whose_client_left_as_its_turn_came_never_starts_its_job(
     """The slot is handed over in the same instant as the waiting client's
     disconnect arrives: the stream looks again before it takes a thread."""
     started: list[str] = []
-    finish_first = anyio.Event()
+    first_started, finish_first = anyio.Event(), anyio.Event()
 
     async def first() -> Any:
         started.append("first")
+        first_started.set()
         await finish_first.wait()
         yield "first done"
 
@@ -262,8 +263,7 @@ async def test_a_stream_whose_client_left_as_its_turn_came_never_starts_its_job(
 
     middleware = EventStreamMiddleware(route, max_streams=1, queue=1)
     async with calling(middleware) as (running, leave_running):
-        while not started:
-            await anyio.sleep(0)  # the first stream takes the slot (no wait: a checkpoint)
+        await first_started.wait()  # the first stream holds the slot
         async with calling(middleware, on_send=on_send) as (waiting, leave_waiting):
             await queued.wait()
             leave_waiting.set()
