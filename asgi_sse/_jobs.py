@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, aclosing, contextmanager, nullcontext
 from typing import Any, Generic, TypeVar, Union
 
 from anyio import CapacityLimiter, get_cancelled_exc_class, to_thread
@@ -145,36 +145,42 @@ class _Raised(Exception):
         self.exc = exc
 
 
-def _run_job(job: Job[Any], reporter: Reporter, channel: Channel) -> Any:
-    if channel.cancelled:  # the client left while the job waited for a thread
-        raise JobCancelled("the client is gone")
+@contextmanager
+def _carried(*passing: type[BaseException]) -> Iterator[None]:
+    """Carry a source's ``BaseException`` out as :class:`_Raised`; ``Exception``,
+    asgi-sse's own ``JobCancelled`` and ``passing`` go on as they are."""
+    goes_on: tuple[type[BaseException], ...] = (Exception, JobCancelled, *passing)
     try:
-        return job.func(*job.args, on_progress=reporter, **job.kwargs)
-    except (Exception, JobCancelled):
+        yield
+    except goes_on:
         raise
     except BaseException as exc:
         raise _Raised(exc) from exc
 
 
+def _run_job(job: Job[Any], reporter: Reporter, channel: Channel) -> Any:
+    if channel.cancelled:  # the client left while the job waited for a thread
+        raise JobCancelled("the client is gone")
+    with _carried():
+        return job.func(*job.args, on_progress=reporter, **job.kwargs)
+
+
 def _drain(iterable: Iterable[Any], channel: Channel, encoder: Encoder) -> Any:
     """Consume a sync iterable in a worker thread; return a generator's return value."""
-    iterator = iter(iterable)
-    try:
-        while not channel.cancelled:
-            try:
-                item = next(iterator)
-            except StopIteration as stop:
-                return stop.value
-            except (Exception, JobCancelled):
-                raise
-            except BaseException as exc:
-                raise _Raised(exc) from exc
-            channel.put(_encode_item(encoder, item))
-        raise JobCancelled("the client is gone")
-    finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()  # run the generator's finally blocks here, not at GC
+    with _carried():
+        iterator = iter(iterable)
+        try:
+            while not channel.cancelled:
+                try:
+                    item = next(iterator)
+                except StopIteration as stop:
+                    return stop.value
+                channel.put(_encode_item(encoder, item))
+            raise JobCancelled("the client is gone")
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()  # run the generator's finally blocks here, not at GC
 
 
 def default_error_data(exc: BaseException) -> Any:
@@ -232,14 +238,10 @@ async def _consume(source: AsyncIterable[Any], channel: Channel, encoder: Encode
     """Put an async source's items into the channel. In the event loop, the
     loop's own cancellation and a signal's ``KeyboardInterrupt`` or
     ``SystemExit`` must go on; any other ``BaseException`` is the source's."""
-    try:
+    with _carried(KeyboardInterrupt, SystemExit, get_cancelled_exc_class()):
         async with _aclosing(source) as items:
             async for item in items:
                 await channel.aput(_encode_item(encoder, item))
-    except (Exception, JobCancelled, KeyboardInterrupt, SystemExit, get_cancelled_exc_class()):
-        raise
-    except BaseException as exc:
-        raise _Raised(exc) from exc
 
 
 def _next_id(reporter: Reporter | None) -> int | None:

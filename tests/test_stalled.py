@@ -15,7 +15,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import anyio
@@ -195,9 +195,9 @@ def test_sigterm_with_stalled_clients_exits_within_the_graceful_timeout_plus_the
     """The normal clients get all their job reported, then ``ServerShutdown``; the
     stalled ones are given up, not waited for."""
     proc, url, log, _ = hypercorn_cli(worker, graceful=GRACEFUL, threads=NORMAL + STALLED + 10)
-    stalled = [stalled_client(url, f"/?name=stalled{n}&pad=65536") for n in range(STALLED)]
-    for client in stalled:
-        client.__enter__()
+    stalled = ExitStack()
+    for n in range(STALLED):
+        stalled.enter_context(stalled_client(url, f"/?name=stalled{n}&pad=65536"))
     reading = threading.Event()
     bodies: list[bytes] = []
 
@@ -225,8 +225,7 @@ def test_sigterm_with_stalled_clients_exits_within_the_graceful_timeout_plus_the
             f"stalled{n} cancelled" for n in range(STALLED)
         )
     finally:
-        for client in stalled:
-            client.__exit__(None, None, None)
+        stalled.close()
         if proc.poll() is None:
             proc.kill()
         reader.join(BOUND)
