@@ -10,13 +10,13 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
 
-from ._http import ASGIApp, Receive, Refusal, Scope, Send, answer_lifespan
+from ._http import ASGIApp, Receive, Refusal, Scope, Send, answer_lifespan, error_response
 from ._jobs import Job
 from ._response import EventStream
 
@@ -62,11 +62,6 @@ def _takes_many(hint: Any) -> bool:
         if isinstance(origin, type) and issubclass(origin, (list, tuple, set, frozenset)):
             return True
     return False
-
-
-def _error(status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> Refusal:
-    body = msgspec.json.encode({"error": message})
-    return Refusal(status, [("content-type", "application/json"), *headers], body)
 
 
 def progress_app(
@@ -121,16 +116,18 @@ def progress_app(
         """The job's arguments, or the 4xx to answer, or None if the client left."""
         method = scope["method"]
         if method not in ("GET", "HEAD", "POST"):
-            return _error(405, f"{method} is not allowed", [("allow", "GET, POST")])
+            return error_response(
+                405, "MethodNotAllowed", [("allow", "GET, POST")], detail=f"{method} is not allowed"
+            )
         try:
             if method != "POST":
                 return from_query(scope.get("query_string", b""))
             body = await _read_json_body(scope, receive)
             return body if body is None or isinstance(body, Refusal) else from_body(body)
         except msgspec.ValidationError as exc:
-            return _error(422, str(exc))
+            return error_response(422, "InvalidArguments", detail=str(exc))
         except msgspec.DecodeError as exc:
-            return _error(400, str(exc))
+            return error_response(400, "MalformedRequest", detail=str(exc))
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -156,7 +153,11 @@ def progress_app(
 async def _read_json_body(scope: Scope, receive: Receive) -> bytes | Refusal | None:
     content_type = dict(scope.get("headers", [])).get(b"content-type", b"")
     if content_type.split(b";")[0].strip().lower() != b"application/json":
-        return _error(415, "send the arguments as a JSON object (content-type: application/json)")
+        return error_response(
+            415,
+            "UnsupportedMediaType",
+            detail="send the arguments as a JSON object (content-type: application/json)",
+        )
     body = bytearray()
     while True:
         message = await receive()
@@ -164,6 +165,8 @@ async def _read_json_body(scope: Scope, receive: Receive) -> bytes | Refusal | N
             return None
         body += message.get("body", b"")
         if len(body) > MAX_BODY:
-            return _error(413, f"the body is larger than {MAX_BODY} bytes")
+            return error_response(
+                413, "BodyTooLarge", detail=f"the body is larger than {MAX_BODY} bytes"
+            )
         if not message.get("more_body", False):
             return bytes(body)

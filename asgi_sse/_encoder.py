@@ -77,7 +77,7 @@ class Encoder:
     else; event names, ids and comments are left alone, since clients match on them.
     """
 
-    __slots__ = ("_enc_hook", "_json", "_transliterate")
+    __slots__ = ("_enc_hook", "_json", "_transliterate", "fast_json")
 
     def __init__(
         self,
@@ -88,6 +88,12 @@ class Encoder:
         self._enc_hook = enc_hook
         self._transliterate = _load_unidecode() if transliterate else None
         self._json = msgspec.json.Encoder(enc_hook=self._fallback)
+        #: For the hot path: msgspec's own ``encode`` when there is nothing to
+        #: transliterate. It may raise where :meth:`json` takes its slow path
+        #: (a lone surrogate), so a caller falls back to :meth:`json` on error.
+        self.fast_json: Callable[[Any], bytes] = (
+            self._json.encode if self._transliterate is None else self.json
+        )
 
     def _fallback(self, value: Any) -> Any:
         if self._enc_hook is not None:

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from dataclasses import dataclass
 from typing import Any, Union
 
+import msgspec
+
 from ._hub import Hub
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "Send",
     "answer_lifespan",
     "check_headers",
+    "error_response",
     "refusal",
 ]
 
@@ -82,20 +85,22 @@ class Refusal:
         await send({"type": "http.response.body", "body": self.body})
 
 
+def error_response(
+    status: int, kind: str, headers: Iterable[tuple[str, str]] = (), **fields: Any
+) -> Refusal:
+    """A plain JSON answer in asgi-sse's one error shape: ``{"type": kind, ...fields}``,
+    ``kind`` a name a client can match on (as an ``error`` event's data is)."""
+    body = msgspec.json.encode({"type": kind, **fields})
+    pairs = [("content-type", "application/json"), ("cache-control", "no-store"), *headers]
+    return Refusal(status, pairs, body)
+
+
 def refusal(hub: Hub) -> Refusal:
     # A browser's EventSource treats any status but 200 as final: it will not
     # reconnect by itself, so the page decides when to try again.
-    reason = "ServerShutdown" if hub.closing else "ServerBusy"
-    body = b'{"type":"%s","retry_after":%d}' % (reason.encode(), hub.retry_after)
-    return Refusal(
-        status=503,
-        headers=[
-            ("content-type", "application/json"),
-            ("cache-control", "no-store"),
-            ("retry-after", str(hub.retry_after)),
-        ],
-        body=body,
-    )
+    kind = "ServerShutdown" if hub.closing else "ServerBusy"
+    retry = hub.retry_after
+    return error_response(503, kind, [("retry-after", str(retry))], retry_after=retry)
 
 
 async def answer_lifespan(receive: Receive, send: Send) -> None:

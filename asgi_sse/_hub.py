@@ -15,10 +15,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from anyio import CapacityLimiter, Event, move_on_after
 
-__all__ = ["SCOPE_KEY", "Hub", "Stats"]
+__all__ = ["SCOPE_KEY", "Governed", "Hub", "Stats", "Ticket"]
 
 logger = logging.getLogger("asgi_sse")
 
@@ -40,16 +41,28 @@ class Stats:
     refused: int  #: streams refused with 503 (full, or shutting down)
 
 
+def _nothing_yet() -> None:
+    """A stream admitted but not yet started has nothing to end."""
+
+
 class Ticket:
-    """One admitted stream: how to end it early, and its place in line."""
+    """One admitted stream (or resumable job): how to end it early, and its
+    place in line."""
 
     __slots__ = ("end", "on_position", "position", "turn")
 
-    def __init__(self, end: Callable[[], None]) -> None:
-        self.end = end
+    def __init__(self) -> None:
+        self.end: Callable[[], None] = _nothing_yet
         self.turn: Event | None = None  # set when a slot is handed over
         self.position = 0
         self.on_position: Callable[[int], None] | None = None
+
+
+class Governed(Protocol):
+    """Work that runs under an app's policy without a request of its own (the
+    resumable jobs of :mod:`asgi_sse.resumable`): the middleware hands it its hub."""
+
+    def govern_by(self, hub: Hub) -> None: ...
 
 
 class Hub:
@@ -107,15 +120,12 @@ class Hub:
             return True
         return False
 
-    def admit(self, end: Callable[[], None], *, force: bool = False) -> Ticket | None:
-        """Register a stream, or count a refusal and return None.
-
-        ``end`` ends the stream early with a final event; shutdown calls it.
-        ``force`` admits past the cap (a framework that decided earlier).
-        """
-        if not force and self.refuses():
+    def admit(self) -> Ticket | None:
+        """Register a stream, or count a refusal and return None. Shutdown
+        calls the ticket's ``end`` (set once the stream runs)."""
+        if self.refuses():
             return None
-        ticket = Ticket(end)
+        ticket = Ticket()
         self._open.add(ticket)
         return ticket
 

@@ -1,50 +1,29 @@
-"""Sources of events: a blocking job, a sync iterable or an async iterable.
+"""A blocking job as a source: ``func(*args, on_progress)`` in a worker thread.
 
-Each is run into a :class:`Channel` and ended with exactly one terminal event.
-Blocking code runs through ``anyio.to_thread`` under asgi-sse's own capacity
-limiter, so streams never starve (or are starved by) everything else in the
-process that shares anyio's default 40 threads. Events are encoded in the worker
-thread, off the event loop.
+It runs through ``anyio.to_thread`` under asgi-sse's own capacity limiter, so
+streams never starve (or are starved by) everything else in the process that
+shares anyio's default 40 threads. Each report is encoded in the worker thread,
+off the event loop, and numbered by the run that reports it.
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager, aclosing, contextmanager, nullcontext
-from typing import Any, Generic, TypeVar, Union
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, ClassVar, Generic, TypeVar
 
-from anyio import CapacityLimiter, get_cancelled_exc_class, to_thread
-from anyio.lowlevel import RunVar
+from anyio import CapacityLimiter, to_thread
 
 from ._bridge import Channel
 from ._encoder import Encoder
-from ._events import ServerSentEvent
 from ._exceptions import JobCancelled
+from ._run import BaseRun, RunOptions, carried
 
-__all__ = ["DEFAULT_THREADS", "Job", "Reporter", "Source", "default_limiter", "run_source"]
+__all__ = ["Job", "JobRun", "Reporter"]
 
-logger = logging.getLogger("asgi_sse")
 T = TypeVar("T")
-
-#: Tokens of the limiter used when a stream is given none.
-DEFAULT_THREADS = 40
-
-_default_limiter: RunVar[CapacityLimiter] = RunVar("asgi_sse.default_limiter")
-
-
-def default_limiter() -> CapacityLimiter:
-    """The limiter shared by streams given none, one per event loop.
-
-    Resize it at start-up with ``default_limiter().total_tokens = n``.
-    """
-    try:
-        return _default_limiter.get()
-    except LookupError:
-        limiter = CapacityLimiter(DEFAULT_THREADS)
-        _default_limiter.set(limiter)
-        return limiter
 
 
 class Job(Generic[T]):
@@ -55,6 +34,8 @@ class Job(Generic[T]):
     """
 
     __slots__ = ("args", "func", "kwargs")
+
+    uses: ClassVar[frozenset[str]] = frozenset({"limiter", "on_error"})
 
     def __init__(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> None:
         name = getattr(func, "__qualname__", repr(func))
@@ -86,190 +67,89 @@ class Job(Generic[T]):
     def __repr__(self) -> str:
         return f"Job({getattr(self.func, '__qualname__', self.func)!r})"
 
-
-#: What an :class:`~asgi_sse.EventStream` can stream.
-Source = Union[Job[Any], AsyncIterable[Any], Iterable[Any]]
+    async def open(self, scope: Mapping[str, Any], channel: Channel, options: RunOptions) -> JobRun:
+        return JobRun(self, channel, options)
 
 
 class Reporter:
     """The ``on_progress(step, details)`` callback a job receives.
 
-    Safe to call from any thread; events are numbered in the order they reach
-    the wire. A job that reports rarely can check :attr:`cancelled` between
-    reports.
+    Safe to call from any thread: events are numbered under a lock held while
+    each is handed over, so ids follow the order on the wire. A job that
+    reports rarely can check :attr:`cancelled` between reports.
     """
 
-    __slots__ = ("_channel", "_json", "_template")
+    __slots__ = ("_channel", "_encode", "_json", "_lock", "_put", "_template", "last_id")
 
     def __init__(self, channel: Channel, encoder: Encoder) -> None:
         self._channel = channel
+        self._put = channel.put
+        self._encode = encoder.fast_json
         self._json = encoder.json
         self._template = encoder.numbered("progress")
+        self._lock = threading.Lock()
+        self.last_id = 0  #: the id of the last event handed over
 
     @property
     def cancelled(self) -> bool:
         """True once nobody is listening; the job should stop."""
         return self._channel.cancelled
 
-    @property
-    def last_id(self) -> int:
-        return self._channel.numbered
-
     def __call__(self, step: str, details: Mapping[str, Any] | None = None) -> None:
         # Encoded here, in the worker thread, off the event loop. A cancelled
-        # stream raises JobCancelled from put_numbered.
+        # stream raises JobCancelled from put.
         if not isinstance(details, dict):
             details = {} if details is None else dict(details)
-        payload = self._json({"step": step, "details": details})
-        self._channel.put_numbered(self._template, payload)
-
-
-def _encode_item(encoder: Encoder, item: Any) -> bytes:
-    if isinstance(item, ServerSentEvent):
-        return encoder.encode(item)
-    if isinstance(item, str):
-        return encoder.text(item) + b"\n"
-    return b"data: %b\n\n" % encoder.json(item)
-
-
-class _Raised(Exception):
-    """A source's ``BaseException`` that is not an ``Exception`` (``SystemExit``,
-    ``GeneratorExit``, a library's own), carried out as an ordinary failure:
-    re-raised in the event loop, it would pass for a cancellation or stop the
-    server, and on HTTP/2 take the connection's other streams with it.
-    (Signals reach the main thread only, so in a worker these come from the
-    job's own code.)"""
-
-    def __init__(self, exc: BaseException) -> None:
-        super().__init__(repr(exc))
-        self.exc = exc
-
-
-@contextmanager
-def _carried(*passing: type[BaseException]) -> Iterator[None]:
-    """Carry a source's ``BaseException`` out as :class:`_Raised`; ``Exception``,
-    asgi-sse's own ``JobCancelled`` and ``passing`` go on as they are."""
-    goes_on: tuple[type[BaseException], ...] = (Exception, JobCancelled, *passing)
-    try:
-        yield
-    except goes_on:
-        raise
-    except BaseException as exc:
-        raise _Raised(exc) from exc
-
-
-def _run_job(job: Job[Any], reporter: Reporter, channel: Channel) -> Any:
-    if channel.cancelled:  # the client left while the job waited for a thread
-        raise JobCancelled("the client is gone")
-    with _carried():
-        return job.func(*job.args, on_progress=reporter, **job.kwargs)
-
-
-def _drain(iterable: Iterable[Any], channel: Channel, encoder: Encoder) -> Any:
-    """Consume a sync iterable in a worker thread; return a generator's return value."""
-    with _carried():
-        iterator = iter(iterable)
+        data = {"step": step, "details": details}
         try:
-            while not channel.cancelled:
-                try:
-                    item = next(iterator)
-                except StopIteration as stop:
-                    return stop.value
-                channel.put(_encode_item(encoder, item))
-            raise JobCancelled("the client is gone")
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()  # run the generator's finally blocks here, not at GC
-
-
-def default_error_data(exc: BaseException) -> Any:
-    """Name the error, and nothing else: messages can hold secrets."""
-    return {"type": type(exc).__name__}
-
-
-async def run_source(
-    source: Source,
-    channel: Channel,
-    *,
-    encoder: Encoder,
-    limiter: CapacityLimiter | None,
-    on_error: Callable[[Exception], Any] | None,
-) -> None:
-    """Run ``source`` into ``channel`` and close it with one terminal event.
-
-    When the channel is cancelled (nobody listens) it ends without one.
-    """
-    limiter = limiter or default_limiter()
-    reporter = None
-    try:
-        if isinstance(source, Job):
-            reporter = Reporter(channel, encoder)
-            result = await to_thread.run_sync(_run_job, source, reporter, channel, limiter=limiter)
-        elif isinstance(source, AsyncIterable):
-            result = None
-            await _consume(source, channel, encoder)
-        else:
-            result = await to_thread.run_sync(_drain, source, channel, encoder, limiter=limiter)
-    except JobCancelled as exc:
-        if channel.cancelled:
-            return  # nobody is listening: nothing to say, nobody to say it to
-        # The job raised it itself while the client still listens: an error like any other.
-        logger.error("event stream job raised JobCancelled itself", exc_info=exc)
-        channel.close(_error_event(encoder, reporter, None, exc))
-        return
-    except Exception as exc:
-        failure = exc.exc if isinstance(exc, _Raised) else exc
-        if channel.cancelled:
-            logger.error("event stream job failed after its client left", exc_info=failure)
-            return
-        logger.error("event stream job failed", exc_info=failure)
-        channel.close(_error_event(encoder, reporter, on_error, failure))
-        return
-    try:
-        last = encoder.message("completed", _next_id(reporter), result)
-    except Exception as exc:  # the result cannot be encoded, not even as str()
-        logger.error("event stream result could not be encoded", exc_info=exc)
-        last = _error_event(encoder, reporter, on_error, exc)
-    channel.close(last)
-
-
-async def _consume(source: AsyncIterable[Any], channel: Channel, encoder: Encoder) -> None:
-    """Put an async source's items into the channel. In the event loop, the
-    loop's own cancellation and a signal's ``KeyboardInterrupt`` or
-    ``SystemExit`` must go on; any other ``BaseException`` is the source's."""
-    with _carried(KeyboardInterrupt, SystemExit, get_cancelled_exc_class()):
-        async with _aclosing(source) as items:
-            async for item in items:
-                await channel.aput(_encode_item(encoder, item))
-
-
-def _next_id(reporter: Reporter | None) -> int | None:
-    """Progress events are numbered; iterables number their own events, if at all."""
-    return None if reporter is None else reporter.last_id + 1
-
-
-def _error_event(
-    encoder: Encoder,
-    reporter: Reporter | None,
-    on_error: Callable[[Exception], Any] | None,
-    exc: BaseException,
-) -> bytes:
-    data = default_error_data(exc)
-    if on_error is not None and isinstance(exc, Exception):
-        try:
-            data = on_error(exc)
+            payload = self._encode(data)
         except Exception:
-            logger.exception("on_error hook failed; sending the default error data")
-    try:
-        return encoder.message("error", _next_id(reporter), data)
-    except Exception:
-        logger.exception("on_error data could not be encoded; sending the default")
-        return encoder.message("error", _next_id(reporter), default_error_data(exc))
+            payload = self._json(data)  # the careful path: it cleans, or says what is wrong
+        with self._lock:
+            self._put(self._template % (self.last_id + 1, payload))
+            self.last_id += 1
+
+    @contextmanager
+    def numbering(self) -> Iterator[int]:
+        """The next id, held: no report can take it until the block ends."""
+        with self._lock:
+            yield self.last_id + 1
 
 
-def _aclosing(source: AsyncIterable[Any]) -> AbstractAsyncContextManager[AsyncIterable[Any]]:
-    """Close async generators as soon as the stream ends, not when collected."""
-    if hasattr(source, "aclose"):
-        return aclosing(source)  # type: ignore[type-var]
-    return nullcontext(source)
+class JobRun(BaseRun):
+    """A :class:`Job` in a worker thread, reporting through its :class:`Reporter`.
+
+    ``log=True`` numbers its places in line too, for a resumable job's log,
+    where every event has an id."""
+
+    __slots__ = ("_log", "job", "reporter")
+
+    def __init__(
+        self, job: Job[Any], channel: Channel, options: RunOptions, *, log: bool = False
+    ) -> None:
+        super().__init__(channel, options)
+        self.job = job
+        self.reporter = Reporter(channel, options.encoder)
+        self._log = log
+
+    async def _produce(self, limiter: CapacityLimiter) -> Any:
+        return await to_thread.run_sync(self._call, limiter=limiter)
+
+    def _call(self) -> Any:
+        if self.channel.cancelled:  # the client left while the job waited for a thread
+            raise JobCancelled("the client is gone")
+        job = self.job
+        with carried():
+            return job.func(*job.args, on_progress=self.reporter, **job.kwargs)
+
+    def _numbering(self) -> AbstractContextManager[int | None]:
+        return self.reporter.numbering()
+
+    def queued(self, position: int) -> None:
+        if not self._log:
+            super().queued(position)
+            return
+        with self.reporter.numbering() as next_id:
+            data = {"position": position}
+            self.channel.put_nowait(self.options.encoder.message("queued", next_id, data))
+            self.reporter.last_id = next_id

@@ -22,8 +22,8 @@ from typing import Any
 from anyio import CapacityLimiter
 
 from ._http import ASGIApp, Message, Receive, Scope, Send, answer_lifespan
-from ._hub import SCOPE_KEY, Hub, Stats
-from ._jobs import DEFAULT_THREADS
+from ._hub import SCOPE_KEY, Governed, Hub, Stats
+from ._run import DEFAULT_THREADS
 
 __all__ = ["EventStreamMiddleware"]
 
@@ -46,6 +46,9 @@ class EventStreamMiddleware:
       until a slot frees.
     - ``retry_after``: seconds sent in ``Retry-After`` with a 503.
     - ``shutdown_grace``: seconds :meth:`shutdown` waits for jobs to return.
+    - ``jobs``: resumable jobs (:class:`asgi_sse.resumable.Jobs`) to run under
+      the same policy: its thread limiter, and its slots, for which they wait
+      in line like streams (their watchers are told their place).
     """
 
     def __init__(
@@ -57,12 +60,15 @@ class EventStreamMiddleware:
         threads: int = DEFAULT_THREADS,
         retry_after: int = 5,
         shutdown_grace: float = 5.0,
+        jobs: Governed | None = None,
     ) -> None:
         self.app = app
         self._hub = Hub(
             max_streams=max_streams, queue=queue, threads=threads, retry_after=retry_after
         )
         self.shutdown_grace = shutdown_grace
+        if jobs is not None:
+            jobs.govern_by(self._hub)
 
     @property
     def stats(self) -> Stats:

@@ -32,13 +32,8 @@ from anyio import CapacityLimiter
 from litestar import Litestar, get
 from quart import Quart, request
 
-from asgi_sse import (
-    DEFAULT_BUFFER_BYTES,
-    EventStream,
-    EventStreamMiddleware,
-    Job,
-    StreamOptions,
-)
+from asgi_sse import EventStream, EventStreamMiddleware, Job, StreamOptions
+from asgi_sse._run import DEFAULT_BUFFER_BYTES
 from asgi_sse_litestar import EventStreamResponse as LitestarEventStream
 from asgi_sse_quart import EventStreamResponse as QuartEventStream
 

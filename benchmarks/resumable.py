@@ -45,7 +45,8 @@ from apps import Params, job, lifespan
 from client import load
 from run import PINNED, ROOT, Scenario, _server, _stop, meta, one_run, serve, server_cpu
 
-from asgi_sse import EventStream, Job, Jobs, Retention
+from asgi_sse import EventStream, Job
+from asgi_sse.resumable import Jobs, Retention
 
 # -- the app -----------------------------------------------------------------------------
 
@@ -59,7 +60,7 @@ def _jobs() -> Jobs:
         return Jobs(retention=_RETENTION)
     from redis.asyncio import Redis  # noqa: PLC0415 (the server with Redis only)
 
-    from asgi_sse.redis import RedisBackend  # noqa: PLC0415
+    from asgi_sse.resumable.redis import RedisBackend  # noqa: PLC0415
 
     pool = int(os.environ.get("BENCH_REDIS_POOL", "0")) or None  # None: redis-py's default
     return Jobs(RedisBackend(Redis.from_url(url, max_connections=pool)), retention=_RETENTION)

@@ -17,7 +17,8 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from asgi_sse import EventStream, Job, Jobs, Reporter, Retention
+from asgi_sse import EventStream, Job, Reporter
+from asgi_sse.resumable import Jobs, Retention
 
 QUEUE = "asgi-sse-example:queue"  # where the web processes hand jobs to workers
 
@@ -42,7 +43,7 @@ def make_jobs() -> Jobs:
         return Jobs(retention=retention, grace=grace)
     from redis.asyncio import Redis  # noqa: PLC0415 (only with Redis configured)
 
-    from asgi_sse.redis import RedisBackend  # noqa: PLC0415
+    from asgi_sse.resumable.redis import RedisBackend  # noqa: PLC0415
 
     lease = float(os.environ.get("ASGI_SSE_LEASE", "3"))
     client = Redis.from_url(url, max_connections=1000)  # about three per open stream

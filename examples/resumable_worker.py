@@ -15,8 +15,9 @@ from functools import partial
 import anyio
 from redis.asyncio import Redis
 
-from asgi_sse import Job, Jobs
-from asgi_sse.redis import RedisBackend
+from asgi_sse import Job
+from asgi_sse.resumable import Jobs
+from asgi_sse.resumable.redis import RedisBackend
 from examples.resumable import QUEUE, crunch
 
 

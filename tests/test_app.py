@@ -76,10 +76,22 @@ def answer(call: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     return call.start["status"], call.start["headers"], call.body
 
 
+KINDS = {
+    400: "MalformedRequest",
+    405: "MethodNotAllowed",
+    413: "BodyTooLarge",
+    415: "UnsupportedMediaType",
+    422: "InvalidArguments",
+}
+
+
 def error(status: int, message: str, *extra: tuple[str, str]) -> tuple[int, list[Any], bytes]:
-    """A plain JSON error, as the app must answer it instead of a stream."""
-    headers = [(k.encode(), v.encode()) for k, v in (JSON, *extra)]
-    return status, headers, json.dumps({"error": message}, separators=(",", ":")).encode()
+    """A plain JSON error in asgi-sse's one shape, as the app must answer it
+    instead of a stream."""
+    pairs = (JSON, ("cache-control", "no-store"), *extra)
+    headers = [(k.encode(), v.encode()) for k, v in pairs]
+    body = {"type": KINDS[status], "detail": message}
+    return status, headers, json.dumps(body, separators=(",", ":")).encode()
 
 
 def completed(call: Call) -> str:
@@ -363,4 +375,7 @@ def test_over_a_socket_it_streams_a_good_request_and_refuses_a_bad_one(
     )
     assert refused.status_code == 422
     assert refused.headers["content-type"] == "application/json"
-    assert refused.json() == {"error": "Expected `int`, got `str` - at `$.n`"}
+    assert refused.json() == {
+        "type": "InvalidArguments",
+        "detail": "Expected `int`, got `str` - at `$.n`",
+    }

@@ -12,6 +12,7 @@ from conftest import BOUND
 
 from asgi_sse import JobCancelled
 from asgi_sse._bridge import Channel
+from asgi_sse._run import RunOptions
 
 pytestmark = pytest.mark.anyio
 
@@ -167,9 +168,16 @@ async def test_an_async_producer_is_held_to_the_bound_too() -> None:
     assert max(map(len, batches)) <= 3
 
 
-def test_the_bound_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="at least 1"):
-        anyio.run(Channel, 0)
+@pytest.mark.parametrize("bound", [0, -1])
+def test_the_bound_must_be_positive_and_is_checked_once_where_options_are(bound: int) -> None:
+    with pytest.raises(ValueError, match="max_buffer_bytes must be at least 1"):
+        RunOptions(max_buffer_bytes=bound)
+
+
+@pytest.mark.parametrize("bound", [1.5, True, "1"])
+def test_the_bound_is_a_number_of_bytes(bound: object) -> None:
+    with pytest.raises(TypeError, match="max_buffer_bytes must be an int"):
+        RunOptions(max_buffer_bytes=bound)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

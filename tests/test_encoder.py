@@ -13,7 +13,8 @@ from conftest import parse
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asgi_sse import HEARTBEAT, Encoder, ServerSentEvent
+from asgi_sse import Encoder, ServerSentEvent
+from asgi_sse._encoder import HEARTBEAT
 
 encoder = Encoder()
 

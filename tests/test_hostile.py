@@ -352,8 +352,9 @@ def measuring() -> tuple[ASGIApp, list[dict[str, Any]]]:
 JSON = "application/json"
 
 
-def error(message: str) -> dict[str, str]:
-    return {"error": message}
+def error(message: str, kind: str = "InvalidArguments") -> dict[str, str]:
+    """asgi-sse's one error shape: a type to match on, and what is wrong."""
+    return {"type": kind, "detail": message}
 
 
 BAD_QUERIES = [
@@ -427,7 +428,7 @@ def test_a_body_beyond_the_limit_gets_a_413_and_the_server_serves_on(size: int) 
     with serve(app, wrap=False) as server, httpx.Client(timeout=BOUND) as client:
         response = client.post(server.url, content=b" " * size, headers={"content-type": JSON})
         assert response.status_code == 413
-        assert response.json() == error("the body is larger than 65536 bytes")
+        assert response.json() == error("the body is larger than 65536 bytes", "BodyTooLarge")
         assert calls == []
         still_serves(f"{server.url}?n=1")
 
@@ -456,7 +457,7 @@ def test_escaped_invalid_utf8_in_the_query_gets_a_400_json_error_and_no_job_runs
         response = client.get(f"{server.url}?{query}")
         assert (response.status_code, response.json()) == (
             400,
-            error("the query string is not valid UTF-8"),
+            error("the query string is not valid UTF-8", "MalformedRequest"),
         )
         still_serves(f"{server.url}?n=1")
     assert len(calls) == 1
@@ -478,7 +479,9 @@ async def test_raw_invalid_utf8_in_the_query_gets_a_400_not_latin1() -> None:
     query = b"n=1&label=\xff\xfe"
     await app({"type": "http", "method": "GET", "query_string": query}, receive, send)
     assert messages[0]["status"] == 400
-    assert json.loads(messages[1]["body"]) == error("the query string is not valid UTF-8")
+    assert json.loads(messages[1]["body"]) == error(
+        "the query string is not valid UTF-8", "MalformedRequest"
+    )
     assert calls == []
 
 
@@ -508,7 +511,8 @@ def test_undecodable_json_gets_a_400_json_error(body: bytes) -> None:
         still_serves(f"{server.url}?n=1")
         assert len(calls) == 1
         assert response.status_code == 400
-        assert response.json()["error"].startswith("malformed JSON body")
+        assert response.json()["type"] == "MalformedRequest"
+        assert response.json()["detail"].startswith("malformed JSON body")
 
 
 # 4. Jobs that misbehave.

@@ -1,8 +1,10 @@
-"""The architecture, held by a test: sans-IO at the bottom, ASGI only at the top."""
+"""The architecture, held by a test of the import graph: sans-IO at the bottom,
+ASGI only at the top, and resumable jobs a layer the core never imports."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 import sys
 from pathlib import Path
 
@@ -12,83 +14,141 @@ import asgi_sse
 
 PACKAGE = Path(asgi_sse.__file__).parent
 STDLIB = sys.stdlib_module_names
+MODULES = sorted(
+    ".".join(("asgi_sse", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
+    for p in PACKAGE.rglob("*.py")
+)
+CORE = [m for m in MODULES if not m.startswith("asgi_sse.resumable")]
+RESUMABLE = [m for m in MODULES if m.startswith("asgi_sse.resumable")]
+
+
+def path(module: str) -> Path:
+    parts = module.split(".")[1:]
+    file = PACKAGE.joinpath(*parts)
+    return file / "__init__.py" if file.is_dir() else file.with_suffix(".py")
 
 
 def imports(module: str) -> set[str]:
-    """Top-level names a module imports; ``.x`` for the package's own modules."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    """The modules ``module`` imports, relative imports resolved to full names."""
+    package = module if path(module).name == "__init__.py" else module.rpartition(".")[0]
     found = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path(module).read_text())):
         if isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[0] for alias in node.names}
+            found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            found.add("." + (node.module or "") if node.level else node.module.split(".")[0])  # type: ignore[union-attr]
+            base = node.module or ""
+            if node.level:
+                base = importlib.util.resolve_name("." * node.level + base, package)
+            found.add(base)
     return found - {"__future__"}
 
 
-@pytest.mark.parametrize("module", ["_events", "_encoder", "_exceptions", "_log"])
+def outside(module: str) -> set[str]:
+    return {name.split(".")[0] for name in imports(module) if not name.startswith("asgi_sse")}
+
+
+def own(module: str) -> set[str]:
+    return {name for name in imports(module) if name.startswith("asgi_sse")}
+
+
+SANS_IO = [
+    "asgi_sse._events",
+    "asgi_sse._encoder",
+    "asgi_sse._exceptions",
+    "asgi_sse.resumable._log",
+]
+
+
+def test_the_module_list_is_what_these_rules_are_about() -> None:
+    assert set(SANS_IO) <= set(MODULES)
+    assert "asgi_sse.resumable.redis" in RESUMABLE
+
+
+@pytest.mark.parametrize("module", SANS_IO)
 def test_sans_io_modules_use_the_standard_library_and_msgspec_only(module: str) -> None:
-    outside = {name for name in imports(module) if not name.startswith(".")} - STDLIB
-    assert outside <= {"msgspec", "unidecode"}, outside  # unidecode: optional, on request
-    assert "._bridge" not in imports(module)
+    assert outside(module) - STDLIB <= {"msgspec", "unidecode"}  # unidecode: optional
+    assert own(module) <= {"asgi_sse._events"}
 
 
-@pytest.mark.parametrize("module", ["_bridge", "_jobs", "_store", "_resumable", "redis"])
-def test_the_bridge_and_jobs_know_nothing_of_asgi(module: str) -> None:
-    source = (PACKAGE / f"{module}.py").read_text()
-    assert "._response" not in imports(module)
-    assert "http.response" not in source
-    assert "scope[" not in source
+@pytest.mark.parametrize("module", CORE)
+def test_the_core_never_imports_the_layers_built_on_it(module: str) -> None:
+    assert not {name for name in own(module) if name.startswith("asgi_sse.resumable")}
+
+
+def test_the_bridge_knows_only_anyio_and_its_exception() -> None:
+    assert outside("asgi_sse._bridge") - STDLIB == {"anyio"}
+    assert own("asgi_sse._bridge") == {"asgi_sse._exceptions"}
+
+
+@pytest.mark.parametrize(
+    "module", ["asgi_sse._run", "asgi_sse._jobs", "asgi_sse._items", "asgi_sse._hub"]
+)
+def test_runs_and_policy_know_nothing_of_the_streams_built_on_them(module: str) -> None:
+    assert not own(module) & {
+        "asgi_sse._exchange",
+        "asgi_sse._response",
+        "asgi_sse._middleware",
+        "asgi_sse._app",
+    }
+    assert "http.response" not in path(module).read_text()
 
 
 def test_only_the_top_layer_speaks_asgi_messages() -> None:
     speakers = {
-        p.stem
-        for p in PACKAGE.glob("*.py")
-        if any(word in p.read_text() for word in ('"http.', '"lifespan', 'scope["'))
+        module
+        for module in MODULES
+        if any(word in path(module).read_text() for word in ('"http.', '"lifespan', 'scope["'))
     }
-    assert speakers == {"_http", "_response", "_middleware", "_app"}
+    assert speakers == {
+        "asgi_sse._http",
+        "asgi_sse._exchange",
+        "asgi_sse._response",
+        "asgi_sse._middleware",
+        "asgi_sse._app",
+    }
 
 
-def test_the_hub_knows_nothing_of_asgi() -> None:
-    assert {name for name in imports("_hub") if name.startswith(".")} == set()
+def test_the_hub_imports_nothing_of_its_own() -> None:
+    assert own("asgi_sse._hub") == set()
 
 
-@pytest.mark.parametrize("module", ["_store", "redis"])
+@pytest.mark.parametrize("module", ["asgi_sse.resumable._store", "asgi_sse.resumable.redis"])
 def test_backends_see_only_the_log_rules_and_each_other(module: str) -> None:
     """A backend stores and notifies; it knows nothing of streams, jobs or HTTP."""
-    assert {name for name in imports(module) if name.startswith(".")} <= {"._store", "._log"}
+    assert own(module) <= {"asgi_sse.resumable._store", "asgi_sse.resumable._log"}
 
 
 ADAPTERS = Path(__file__).parent.parent / "adapters"
+PUBLIC = {"asgi_sse": set(asgi_sse.__all__), "asgi_sse.resumable": set()}
+PUBLIC["asgi_sse.resumable"] = set(importlib.import_module("asgi_sse.resumable").__all__)
 
 
 @pytest.mark.parametrize("adapter", sorted(p.name for p in ADAPTERS.glob("asgi_sse_*")))
 def test_adapters_use_only_the_public_api(adapter: str) -> None:
-    for path in (ADAPTERS / adapter).glob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
+    for file in (ADAPTERS / adapter).glob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                assert not node.module.startswith("asgi_sse."), (path.name, node.module)
-                if node.module == "asgi_sse":
+                if node.module.split(".")[0] == "asgi_sse":
+                    assert node.module in PUBLIC, (file.name, node.module)
                     names = {alias.name for alias in node.names}
-                    assert names <= set(asgi_sse.__all__), (path.name, names)
+                    assert names <= PUBLIC[node.module], (file.name, names)
             elif isinstance(node, ast.Import):
-                assert all(not a.name.startswith("asgi_sse.") for a in node.names)
+                assert all(a.name.split(".")[0] != "asgi_sse" for a in node.names)
 
 
-def test_the_public_face_is_re_exports_only() -> None:
-    tree = ast.parse((PACKAGE / "__init__.py").read_text())
-    kinds = {type(node).__name__ for node in tree.body}
-    assert kinds <= {"Expr", "ImportFrom", "Assign"}
-    assert all(hasattr(asgi_sse, name) for name in asgi_sse.__all__)
+@pytest.mark.parametrize("module", ["asgi_sse", "asgi_sse.resumable"])
+def test_the_public_faces_are_re_exports_only(module: str) -> None:
+    tree = ast.parse(path(module).read_text())
+    assert {type(node).__name__ for node in tree.body} <= {"Expr", "ImportFrom", "Assign"}
+    face = importlib.import_module(module)
+    assert all(hasattr(face, name) for name in face.__all__)
 
 
-def test_no_module_grows_past_300_lines_without_saying_why() -> None:
-    long = [p for p in PACKAGE.glob("*.py") if len(p.read_text().splitlines()) > 300]
-    unexplained = [
-        p.name
-        for p in long
-        if "Past 300 lines" not in (ast.get_docstring(ast.parse(p.read_text())) or "")
-    ]
-    assert unexplained == []
+def test_the_top_level_face_is_what_a_streaming_user_needs() -> None:
+    assert len(asgi_sse.__all__) <= 16
+    assert not set(asgi_sse.__all__) & PUBLIC["asgi_sse.resumable"]
+
+
+def test_no_module_grows_past_300_lines() -> None:
+    long = {m: n for m in MODULES if (n := len(path(m).read_text().splitlines())) > 300}
+    assert long == {}

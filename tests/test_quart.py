@@ -14,7 +14,8 @@ from conftest import BOUND, Endless, parse, serve
 from httpx_sse import connect_sse
 from quart import Quart, Response
 
-from asgi_sse import HEARTBEAT, EventStreamMiddleware, Job, Reporter
+from asgi_sse import EventStreamMiddleware, Job, Reporter
+from asgi_sse._encoder import HEARTBEAT
 from asgi_sse_quart import EventStreamResponse
 
 

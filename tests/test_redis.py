@@ -35,8 +35,9 @@ from redis.asyncio import Redis as AsyncRedis
 from redis_server import RedisServer, redis_server
 from tcp_proxy import TcpProxy
 
-from asgi_sse import Job, JobLost, Jobs
-from asgi_sse.redis import RedisBackend
+from asgi_sse import Job
+from asgi_sse.resumable import JobLost, Jobs
+from asgi_sse.resumable.redis import RedisBackend
 
 __all__ = ["redis_server"]  # the fixture, used by name
 

@@ -15,7 +15,6 @@ import pytest
 from conftest import BOUND, Message, call_app, calling, parse
 
 from asgi_sse import (
-    HEARTBEAT,
     EventStream,
     Job,
     JobCancelled,
@@ -24,6 +23,7 @@ from asgi_sse import (
     default_limiter,
     stream_progress,
 )
+from asgi_sse._encoder import HEARTBEAT
 
 pytestmark = pytest.mark.anyio
 
@@ -573,7 +573,7 @@ async def test_a_job_that_raises_job_cancelled_itself_ends_in_an_error_event() -
 
 @pytest.mark.parametrize("source", ["text", b"bytes", {"a": 1}, 42, None])
 def test_sources_that_are_not_streams_of_events_are_refused(source: Any) -> None:
-    with pytest.raises(TypeError, match="source must be a Job, a Watch, an iterable"):
+    with pytest.raises(TypeError, match=r"source must be a Job, a resumable job.s watch"):
         EventStream(source)
 
 

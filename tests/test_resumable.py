@@ -22,16 +22,8 @@ from conftest import BOUND, Endless, serve
 from httpx_sse import ServerSentEvent, connect_sse
 from sse_spec import parse_stream
 
-from asgi_sse import (
-    EventStream,
-    Job,
-    JobCancelled,
-    JobLost,
-    Jobs,
-    MemoryBackend,
-    Reporter,
-    Retention,
-)
+from asgi_sse import EventStream, Job, JobCancelled, Reporter
+from asgi_sse.resumable import JobLost, Jobs, MemoryBackend, Retention
 
 GRACE = 0.5
 TERMINAL = ("completed", "error")

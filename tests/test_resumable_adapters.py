@@ -13,7 +13,8 @@ import pytest
 from conftest import BOUND, parse, serve
 from litestar import Request as LitestarRequest
 
-from asgi_sse import Job, Jobs, Reporter
+from asgi_sse import Job, Reporter
+from asgi_sse.resumable import Jobs
 from asgi_sse_litestar import EVENT_STREAM
 from asgi_sse_litestar import (
     EventStreamResponse as LitestarResponse,  # Litestar reads its annotations

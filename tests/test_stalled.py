@@ -26,7 +26,7 @@ from httpx_sse import connect_sse
 from quart import Quart, Response
 
 from asgi_sse import EventStream, EventStreamMiddleware, Job, JobCancelled, Reporter
-from asgi_sse._response import FAREWELL_TIMEOUT
+from asgi_sse._exchange import FAREWELL_TIMEOUT
 from asgi_sse_quart import EventStreamResponse
 
 PAD = "x" * 16_384

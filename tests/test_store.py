@@ -15,7 +15,7 @@ import pytest
 from conftest import BOUND
 from redis_server import start_redis
 
-from asgi_sse._log import (
+from asgi_sse.resumable._log import (
     MAX_EVENT_ID,
     BadEventId,
     Retention,
@@ -23,7 +23,13 @@ from asgi_sse._log import (
     check_job_id,
     parse_event_id,
 )
-from asgi_sse._store import Backend, BackendUnavailable, JobExists, JobLost, MemoryBackend
+from asgi_sse.resumable._store import (
+    Backend,
+    BackendUnavailable,
+    JobExists,
+    JobLost,
+    MemoryBackend,
+)
 
 GRACE = 0.1
 LEASE = 0.3  # short, so a lost publisher and an unwatched job show quickly
@@ -70,7 +76,7 @@ async def backend(kind: str, request: pytest.FixtureRequest) -> AsyncIterator[An
         return
     from redis.asyncio import Redis  # noqa: PLC0415
 
-    from asgi_sse.redis import RedisBackend  # noqa: PLC0415
+    from asgi_sse.resumable.redis import RedisBackend  # noqa: PLC0415
 
     url = request.getfixturevalue("redis_url")
     client = Redis.from_url(url)
@@ -479,7 +485,7 @@ async def test_redis_out_of_memory_is_an_outage_to_wait_out(redis_url: str) -> N
     failover) is a passing trouble: callers retry, they do not fail the job."""
     from redis.asyncio import Redis  # noqa: PLC0415
 
-    from asgi_sse.redis import RedisBackend  # noqa: PLC0415
+    from asgi_sse.resumable.redis import RedisBackend  # noqa: PLC0415
 
     client = Redis.from_url(redis_url)
     backend = RedisBackend(client, prefix=f"t-{uuid.uuid4().hex}:", lease=LEASE, block=BLOCK)

@@ -2,20 +2,22 @@
 
 Quart sends a response itself: it enters the body with ``async with`` and
 iterates it, in the task it cancels when the client disconnects, so the body is
-the stream's :meth:`~asgi_sse.EventStream.body` and leaving it stops the job.
+the body of the request's exchange (:meth:`~asgi_sse.EventStream.exchange`),
+and leaving it stops the job.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, MutableMapping
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from quart import Response, request
 from quart.wrappers.response import ResponseBody
 
-from asgi_sse import EventStream, Headers, Refusal, Source, StreamOptions, Watch
+from asgi_sse import EventStream, Headers, Refusal, Source, StreamOptions
+from asgi_sse.resumable import Watch
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack is Python 3.11+
@@ -23,13 +25,26 @@ if TYPE_CHECKING:
 __all__ = ["EventStreamResponse"]
 
 
-class _EventStreamBody(ResponseBody):
-    """Quart's streaming body protocol over the stream's body context."""
+class Exchange(Protocol):
+    """What this adapter uses of :meth:`EventStream.exchange`'s answer."""
 
-    def __init__(self, stream: EventStream, scope: MutableMapping[str, Any]) -> None:
-        self._body: AbstractAsyncContextManager[AsyncIterator[bytes]] = stream.body(scope)
+    async def open(self) -> Refusal | None: ...
+
+    def body(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]: ...
+
+
+class _EventStreamBody(ResponseBody):
+    """Quart's streaming body protocol over the exchange's body context."""
+
+    def __init__(self, exchange: Exchange, *, opened: bool) -> None:
+        self._exchange = exchange
+        self._opened = opened
+        self._body: AbstractAsyncContextManager[AsyncIterator[bytes]] = exchange.body()
 
     async def __aenter__(self) -> AsyncIterator[bytes]:
+        if not self._opened and await self._exchange.open() is not None:
+            # Shutdown began between the handler and the body: nothing to stream.
+            self._body = _nothing()
         return await self._body.__aenter__()
 
     async def __aexit__(
@@ -75,27 +90,36 @@ class EventStreamResponse(Response):
         headers: Headers | None = None,
         **stream_options: Unpack[StreamOptions],
     ) -> Response:
-        """Follow a resumable job (:meth:`asgi_sse.Jobs.watch`) from the request's
+        """Follow a resumable job (:meth:`asgi_sse.resumable.Jobs.watch`) from the request's
         ``Last-Event-ID``: the stream, or the 204/400/404 to send instead.
 
         Async, unlike the constructor, because Quart sends the status before
         the body, and the status depends on the job's log."""
         stream = EventStream(watch, headers=headers, **stream_options)
-        answer = await stream.prepare(_scope())
         response = cls.__new__(cls)
+        exchange = stream.exchange(_scope())
+        answer = exchange if isinstance(exchange, Refusal) else await exchange.open()
         if answer is not None:
             response._refuse(answer)
         else:
-            response._start(stream)
+            response._start(stream, exchange, opened=True)
         return response
 
-    def _start(self, stream: EventStream) -> None:
-        scope = _scope()
-        refusal = stream.refusal(scope)
-        if refusal is not None:
-            self._refuse(refusal)
+    def _start(
+        self,
+        stream: EventStream,
+        exchange: Exchange | Refusal | None = None,
+        *,
+        opened: bool = False,
+    ) -> None:
+        """Admitted by the app's middleware here, once: the cap holds however
+        many handlers run before their bodies start."""
+        if exchange is None:
+            exchange = stream.exchange(_scope())
+        if isinstance(exchange, Refusal):
+            self._refuse(exchange)
             return
-        super().__init__(_EventStreamBody(stream, scope), status=200)
+        super().__init__(_EventStreamBody(exchange, opened=opened), status=200)
         self._replace_headers((n.decode("latin-1"), v.decode("latin-1")) for n, v in stream.headers)
         # Quart cuts every response at RESPONSE_TIMEOUT; a stream ends with its job.
         self.timeout = None
@@ -109,6 +133,16 @@ class EventStreamResponse(Response):
         """asgi-sse's headers, in place of Quart's default content-type."""
         self.headers.clear()
         self.headers.extend(pairs)
+
+
+@asynccontextmanager
+async def _nothing() -> AsyncIterator[AsyncIterator[bytes]]:
+    yield _empty()
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield  # an async generator that yields nothing
 
 
 def _scope() -> MutableMapping[str, Any]:

@@ -1,20 +1,22 @@
 """Resumable jobs: a job runs detached from any one request and publishes its
-events to a log in a :class:`~asgi_sse.Backend`; each client watches the log
-from where it left off.
+events to a log in a :class:`Backend`; each client watches the log from where
+it left off.
 
-The publisher is the same thread bridge as a plain stream (a :class:`Channel`
-fed by :func:`run_source`), drained by one task that numbers the events and
-appends each batch to the backend. If the backend is unreachable the task
-retries the same batch, the channel fills and the job waits in its next
-report: backpressure, not loss. Clients follow the log
-with a :class:`~asgi_sse.Watch` (``_watch``).
+The publisher is the same run as a plain stream's (a :class:`Job` run into a
+channel, under the same :class:`RunOptions`), drained by one task that appends
+each batch to the backend. Every event of such a run is numbered by it, in
+channel order, so an event's place in the channel is its id in the log. If the
+backend is unreachable the task retries the same batch, the channel fills and
+the job waits in its next report: backpressure, not loss. Clients follow the
+log with a :class:`Watch`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
 from anyio import (
@@ -29,9 +31,17 @@ from anyio import (
 )
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._bridge import Channel
-from ._encoder import Encoder
-from ._jobs import Job, run_source
+from .._bridge import Channel
+from .._encoder import Encoder
+from .._hub import Hub, Ticket
+from .._jobs import Job, JobRun
+from .._run import (
+    DEFAULT_BUFFER_BYTES,
+    SHUTDOWN_ERROR,
+    RunOptions,
+    default_encoder,
+    default_limiter,
+)
 from ._log import Retention, Trimmer, check_job_id, new_job_id
 from ._store import Backend, JobExists, JobLost, MemoryBackend, retrying
 from ._watch import Watch
@@ -42,7 +52,6 @@ logger = logging.getLogger("asgi_sse")
 
 #: The data of the ``error`` event that ends a job nobody watched for its grace period.
 ABANDONED_ERROR = {"type": "JobAbandoned"}
-_SHUTDOWN_ERROR = {"type": "ServerShutdown"}
 
 
 class Jobs:
@@ -51,8 +60,8 @@ class Jobs:
 
     A job started here runs in a worker thread of this process and publishes to
     ``backend`` (by default in memory, for this process only); clients watch it
-    by id with :meth:`watch`, and a client that reconnects
-    with ``Last-Event-ID`` gets what it missed, then the live events.
+    by id with :meth:`watch`, and one that reconnects with ``Last-Event-ID``
+    gets what it missed, then the live events.
 
     Enter it (``async with jobs:``) for as long as the app serves, in its
     lifespan: the jobs run in its task group, and leaving it ends them with an
@@ -64,7 +73,9 @@ class Jobs:
       with ``{"type": "JobAbandoned"}``), so that a quick reconnect finds it
       still running; ``start(..., keep_running=True)`` opts a job out.
     - ``limiter``, ``encoder``, ``on_error``, ``max_buffer_bytes``: as for
-      :class:`~asgi_sse.EventStream`.
+      :class:`~asgi_sse.EventStream`. Given to ``EventStreamMiddleware(...,
+      jobs=jobs)``, jobs use the app's limiter (unless given one) and wait in
+      line for its ``max_streams`` slots, their watchers told their place.
     - ``shutdown_grace``: seconds that leaving waits for jobs to stop (at
       their next report) and their ends to be recorded, before cancelling them.
     """
@@ -78,24 +89,24 @@ class Jobs:
         limiter: CapacityLimiter | None = None,
         encoder: Encoder | None = None,
         on_error: Callable[[Exception], Any] | None = None,
-        max_buffer_bytes: int = 1024 * 1024,
+        max_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         shutdown_grace: float = 10.0,
     ) -> None:
         if not grace >= 0:
             raise ValueError(f"grace must be a number of seconds, at least 0, got {grace!r}")
-        if max_buffer_bytes < 1:
-            raise ValueError(f"max_buffer_bytes must be at least 1, got {max_buffer_bytes!r}")
+        self.options = RunOptions(limiter, encoder or default_encoder, on_error, max_buffer_bytes)
         self.backend: Backend = backend if backend is not None else MemoryBackend()
         self.retention = retention or Retention()
         self.grace = grace
-        self.limiter = limiter
-        self.encoder = encoder or Encoder()
-        self.on_error = on_error
-        self.max_buffer_bytes = max_buffer_bytes
         self.shutdown_grace = shutdown_grace
+        self._hub: Hub | None = None
         self._tg: TaskGroup | None = None
         self._idle: Event | None = None  # set when the last running job has ended
-        self._running: dict[str, Channel] = {}
+        self._running: dict[str, JobRun] = {}
+
+    def govern_by(self, hub: Hub) -> None:
+        """Run under an app's policy (``EventStreamMiddleware(..., jobs=jobs)``)."""
+        self._hub = hub
 
     async def __aenter__(self) -> None:
         # None, not self: Starlette's lifespan takes a non-None value for state
@@ -110,8 +121,8 @@ class Jobs:
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         tg, self._tg = self._tg, None
         assert tg is not None
-        for channel in list(self._running.values()):
-            channel.end(self._farewell(_SHUTDOWN_ERROR))
+        for run in list(self._running.values()):
+            run.channel.end(partial(run.farewell, SHUTDOWN_ERROR))
         # Jobs stop at their next report, and their ends are recorded; past the
         # grace (a job that never reports, an unreachable backend) they are
         # cancelled, and a shared backend sees them lost.
@@ -121,9 +132,6 @@ class Jobs:
                 await self._idle.wait()
         tg.cancel_scope.cancel()
         return await tg.__aexit__(*exc_info)
-
-    def _farewell(self, data: Mapping[str, str]) -> Callable[[int], bytes]:
-        return lambda numbered: self.encoder.message("error", numbered + 1, data)
 
     async def create(self, id: str | None = None) -> str:
         """Record a job that another process will run (:meth:`run` with this id),
@@ -191,17 +199,19 @@ class Jobs:
     ) -> None:
         async with self.backend.publishing(job_id):
             task_status.started()
-            channel = Channel(self.max_buffer_bytes)
-            self._running[job_id] = channel
+            channel = Channel(self.options.max_buffer_bytes)
+            run = self._running[job_id] = JobRun(job, channel, self.options, log=True)
             try:
                 async with create_task_group() as tg:
-                    tg.start_soon(self._source, job, channel)
+                    tg.start_soon(self._source, run)
                     try:
-                        await self._publish_all(job_id, channel, keep_running, retention)
+                        await self._publish_all(job_id, run, keep_running, retention)
                     finally:
                         # Tell the job before the task group waits for its thread
-                        # (after a normal end, nobody is left to tell).
+                        # (after a normal end, nobody is left to tell), and stop
+                        # one still waiting in line.
                         channel.cancel()
+                        tg.cancel_scope.cancel()
             except Exception:
                 # The job's own failures are its error event; this is the log's
                 # (a backend bug, say). The job ends lost, and no other job with it.
@@ -212,16 +222,16 @@ class Jobs:
                     self._idle.set()
 
     async def _publish_all(
-        self, job_id: str, channel: Channel, keep_running: bool, retention: Retention
+        self, job_id: str, run: JobRun, keep_running: bool, retention: Retention
     ) -> None:
         """Publish until the channel ends, then mark the end: at once, without
         waiting for a job that was stopped to reach its next report."""
         trimmer = Trimmer(retention)
         async with create_task_group() as helpers:
             if not keep_running:
-                helpers.start_soon(self._cancel_unwatched, job_id, channel)
+                helpers.start_soon(self._cancel_unwatched, job_id, run)
             helpers.start_soon(self._expire, job_id, trimmer)
-            end_id = await self._publish(job_id, channel, trimmer)
+            end_id = await self._publish(job_id, run.channel, trimmer)
             helpers.cancel_scope.cancel()
         if end_id:
             try:
@@ -229,17 +239,22 @@ class Jobs:
             except JobLost:
                 logger.warning("job %s was declared lost before its end was recorded", job_id)
 
-    async def _source(self, job: Job[Any], channel: Channel) -> None:
-        await run_source(
-            job, channel, encoder=self.encoder, limiter=self.limiter, on_error=self.on_error
-        )
+    async def _source(self, run: JobRun) -> None:
+        """Under the app's policy, if any: its limiter, and a slot waited for in
+        line like a stream's (the log says ``queued``)."""
+        hub, limiter = self._hub, self.options.limiter
+        if hub is None:
+            await run(limiter or default_limiter())
+            return
+        async with hub.slot(Ticket(), run.queued):
+            if not run.channel.cancelled:
+                await run(limiter or hub.limiter)
 
     async def _publish(self, job_id: str, channel: Channel, trimmer: Trimmer) -> int:
         """Append every batch the job makes; return the last (terminal) id.
 
-        Events are numbered by their place in the channel, which is the number
-        the encoder wrote into them: a Job's events are all numbered, and
-        nothing else enters this channel.
+        An event's id is its place in the channel: its run numbers every
+        event it puts there, in channel order, and nothing else enters it.
         """
         last = 0
         while True:
@@ -262,10 +277,10 @@ class Jobs:
                 logger.warning("job %s was declared lost; stopping it", job_id)
                 return 0
 
-    async def _cancel_unwatched(self, job_id: str, channel: Channel) -> None:
+    async def _cancel_unwatched(self, job_id: str, run: JobRun) -> None:
         await retrying(self.backend.wait_unwatched, job_id, self.grace)
         logger.info("job %s had no watcher for %ss: cancelling it", job_id, self.grace)
-        channel.end(self._farewell(ABANDONED_ERROR))
+        run.channel.end(partial(run.farewell, ABANDONED_ERROR))
 
     async def _expire(self, job_id: str, trimmer: Trimmer) -> None:
         """Drop events that age out while the job is silent (appends trim the rest)."""
@@ -280,4 +295,4 @@ class Jobs:
         adapter's response). It resumes after the request's ``Last-Event-ID``
         header or ``last_event_id`` query parameter; ``retry`` (milliseconds)
         tells the browser how soon to reconnect."""
-        return Watch(self.backend, self.encoder, job_id, retry=retry)
+        return Watch(self.backend, job_id, retry=retry)

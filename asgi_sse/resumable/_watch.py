@@ -1,10 +1,10 @@
 """Following a resumable job's log from a client's ``Last-Event-ID``.
 
-A :class:`Watch` is a source for :class:`~asgi_sse.EventStream`, so heartbeats,
-send timeouts, disconnects, the adapters and the middleware work for it as for
-any stream. Its answer is decided before the response starts (:meth:`Watch.prepare`),
-since 204, 400 and 404 are statuses; then :class:`Follow` copies the log into the
-stream's channel with one cursor, replay and live alike.
+A :class:`Watch` is a source for :class:`~asgi_sse.EventStream` like any other,
+so heartbeats, send timeouts, disconnects, the adapters and the middleware work
+for it as for any stream. Its answer is decided before the response starts
+(:meth:`Watch.open`), since 204, 400 and 404 are statuses; then its run copies
+the log into the stream's channel with one cursor, replay and live alike.
 """
 
 from __future__ import annotations
@@ -12,20 +12,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
-import msgspec
-from anyio import move_on_after
+from anyio import CapacityLimiter, move_on_after
 
-from ._bridge import Channel
-from ._encoder import Encoder
-from ._exceptions import JobCancelled
-from ._http import Refusal
+from .._bridge import Channel
+from .._encoder import Encoder
+from .._exceptions import JobCancelled
+from .._http import Refusal, error_response
+from .._run import RunOptions
 from ._log import BadEventId, check_job_id, parse_event_id
 from ._store import Backend, BackendUnavailable, JobInfo, JobLost, Page, retrying
 
-__all__ = ["Follow", "Watch"]
+__all__ = ["Watch"]
 
 #: Seconds a new watch waits for an unreachable backend before answering 503.
 DECIDE_WITHIN = 5.0
@@ -41,9 +41,12 @@ class Watch:
     the :class:`Follow` it returns copies the log from there."""
 
     backend: Backend
-    encoder: Encoder
     job_id: str
     retry: int | None = None
+
+    #: A watch runs no code of its own: no thread (limiter), no error of its job to turn
+    #: into data (on_error); those are the :class:`Jobs` options where the job runs.
+    uses: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
         if self.retry is not None and (
@@ -53,7 +56,9 @@ class Watch:
                 f"retry must be a non-negative int of milliseconds, got {self.retry!r}"
             )
 
-    async def prepare(self, scope: Mapping[str, Any]) -> Refusal | Follow:
+    async def open(
+        self, scope: Mapping[str, Any], channel: Channel, options: RunOptions
+    ) -> Refusal | _Follow:
         """Decide the answer: 400 for a bad ``Last-Event-ID``, 404 for an unknown
         job, 204 once the client has the terminal event, 503 if the backend
         cannot be reached for :data:`DECIDE_WITHIN` seconds, else where to resume."""
@@ -61,9 +66,9 @@ class Watch:
             after = parse_event_id(_last_event_id(scope))
             check_job_id(self.job_id)
         except BadEventId as exc:
-            return _json_refusal(400, "BadLastEventId", str(exc))
+            return error_response(400, "BadLastEventId", detail=str(exc))
         except ValueError:
-            return _json_refusal(404, "JobNotFound", "no such job")
+            return error_response(404, "JobNotFound", detail="no such job")
         info = await self._info()
         if isinstance(info, Refusal):
             return info
@@ -71,35 +76,45 @@ class Watch:
         if info.state == "lost":
             end_id = info.last_id + 1  # the JobLost error a watcher sends
         if after > (info.last_id if end_id is None else end_id):
-            return _json_refusal(
-                400, "BadLastEventId", f"Last-Event-ID {after} is past this job's last event"
-            )
+            detail = f"Last-Event-ID {after} is past this job's last event"
+            return error_response(400, "BadLastEventId", detail=detail)
         if end_id is not None and after >= end_id:
             return Refusal(204, [("cache-control", "no-store")], b"")
-        return Follow(self, after)
+        return _Follow(self, after, channel, options.encoder)
 
     async def _info(self) -> JobInfo | Refusal:
         """The job's state, or 404 (unknown) or 503 (the backend cannot be reached)."""
         with move_on_after(DECIDE_WITHIN):
             info = await retrying(self.backend.info, self.job_id)
-            return info or _json_refusal(404, "JobNotFound", "no such job")
-        refusal = _json_refusal(503, "BackendUnavailable", "the job store cannot be reached")
-        refusal.headers.append(("retry-after", "1"))
-        return refusal
+            return info or error_response(404, "JobNotFound", detail="no such job")
+        detail = "the job store cannot be reached"
+        return error_response(503, "BackendUnavailable", [("retry-after", "1")], detail=detail)
 
 
-class Follow:
-    """The part of a watch that runs inside the response: the log after ``after``."""
+class _Follow:
+    """The run of a watch, inside the response: the log after ``after``."""
 
-    __slots__ = ("after", "watch")
+    __slots__ = ("after", "channel", "encoder", "watch")
 
-    def __init__(self, watch: Watch, after: int) -> None:
+    takes_slot = False  # it reads a log: no thread, so no slot to wait for
+
+    def __init__(self, watch: Watch, after: int, channel: Channel, encoder: Encoder) -> None:
         self.watch = watch
         self.after = after
+        self.channel = channel
+        self.encoder = encoder
 
-    async def run(self, channel: Channel) -> None:
-        """Copy the log into ``channel`` and close it after the terminal event;
+    def queued(self, position: int) -> None:
+        """Never in line (:attr:`takes_slot`)."""
+
+    def farewell(self) -> None:
+        """None: the job goes on, and the client should reconnect (to another
+        process) rather than take the stream's end for the job's."""
+
+    async def __call__(self, limiter: CapacityLimiter) -> None:
+        """Copy the log into the channel and close it after the terminal event;
         a job that disappears meanwhile ends with ``JobLost``."""
+        channel = self.channel
         if self.watch.retry is not None:
             channel.put_nowait(b"retry: %d\n\n" % self.watch.retry)
         # What ends the copy is caught inside it: a backend's watching() may run
@@ -108,7 +123,7 @@ class Follow:
             outcome = await self._copy(channel)
         if outcome == "lost":
             with suppress(JobCancelled):
-                await channel.aput(self.watch.encoder.message("error", self.after + 1, _LOST_ERROR))
+                await channel.aput(self.encoder.message("error", self.after + 1, _LOST_ERROR))
         channel.close()
 
     async def _copy(self, channel: Channel) -> str:
@@ -122,7 +137,7 @@ class Follow:
             return "stopped"
 
     async def _follow(self, channel: Channel) -> str:
-        encoder = self.watch.encoder
+        encoder = self.encoder
         while True:
             try:
                 page = await self._read(channel)
@@ -150,7 +165,7 @@ class Follow:
         try:
             return await backend.read(job_id, self.after)
         except BackendUnavailable:
-            await channel.aput(self.watch.encoder.message("unavailable", None, _UNAVAILABLE))
+            await channel.aput(self.encoder.message("unavailable", None, _UNAVAILABLE))
             return await retrying(backend.read, job_id, self.after)
 
 
@@ -170,9 +185,3 @@ def _last_event_id(scope: Mapping[str, Any]) -> str | None:
     if query and header is not None and query[0] != header:
         raise BadEventId("the Last-Event-ID header and the last_event_id parameter differ")
     return header if header is not None else (query[0] if query else None)
-
-
-def _json_refusal(status: int, kind: str, detail: str) -> Refusal:
-    body = msgspec.json.encode({"type": kind, "detail": detail})
-    headers = [("content-type", "application/json"), ("cache-control", "no-store")]
-    return Refusal(status, headers, body)

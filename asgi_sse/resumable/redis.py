@@ -1,4 +1,4 @@
-"""A :class:`~asgi_sse.Backend` on Redis Streams: jobs that any process can
+"""A :class:`~asgi_sse.resumable.Backend` on Redis Streams: jobs that any process can
 publish and any process can stream (``pip install 'asgi-sse[redis]'``).
 
 Per job, under one hash tag (so Redis Cluster keeps them in one slot):
@@ -33,7 +33,8 @@ try:
     from redis import exceptions as redis_errors
     from redis.asyncio import Redis
 except ImportError:  # pragma: no cover (the message is the point)
-    raise ImportError("asgi_sse.redis needs redis-py: pip install 'asgi-sse[redis]'") from None
+    _NEEDS = "asgi_sse.resumable.redis needs redis-py: pip install 'asgi-sse[redis]'"
+    raise ImportError(_NEEDS) from None
 
 __all__ = ["RedisBackend"]
 
@@ -50,8 +51,7 @@ T = TypeVar("T")
 
 # KEYS: meta, alive, log. A running job's keys expire a lease plus ``keep`` after
 # its publisher's last renewal: a publisher that dies leaves nothing for ever.
-
-# 1: created (or created by this same call before); 0: the id is taken.
+# 1: created (or by this same call before); 0: the id is taken.
 _CREATE = """
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner then return owner == ARGV[2] and 1 or 0 end

@@ -171,7 +171,7 @@ class MemoryBackend:
 
     Jobs are visible to this process only, so with several server processes a
     client must come back to the same one (or use a shared backend such as
-    :class:`asgi_sse.redis.RedisBackend`). Must be used from one event loop.
+    :class:`asgi_sse.resumable.redis.RedisBackend`). Must be used from one event loop.
     """
 
     def __init__(self) -> None:

@@ -1,0 +1,298 @@
+"""One request's event stream, from admission to its last byte.
+
+Both doors of :class:`~asgi_sse.EventStream` (the ASGI call, and :meth:`Exchange.body`
+for frameworks that send the body themselves) build one :class:`Exchange` per
+request. Three tasks share one task group, the fewest the race with the client
+needs: the request's own task sends (the only caller of ``send``), one runs the
+source, and one listens for ``http.disconnect`` and keeps the stream's timer.
+A server may drop a ``send`` to a client that has gone without a word, or
+block it forever on one that stopped reading (hypercorn does both), so
+disconnect is learnt from ``receive()`` and every send is timed. Whatever ends
+the stream, the job is told to stop, and the exchange returns only after its
+worker thread has. A stream the server cancels (its graceful shutdown ran out)
+still sends what the job reported and a last ``error`` event, briefly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from anyio import (
+    CancelScope,
+    EndOfStream,
+    create_task_group,
+    current_time,
+    get_cancelled_exc_class,
+    move_on_after,
+    sleep,
+)
+from anyio.lowlevel import checkpoint
+
+from ._bridge import Channel
+from ._encoder import HEARTBEAT
+from ._http import Receive, Refusal, Scope, Send, refusal
+from ._hub import Hub, Ticket
+from ._run import Run, default_limiter
+from ._timer import Due, Timer
+
+if TYPE_CHECKING:
+    from ._response import EventStream
+
+__all__ = ["FAREWELL_TIMEOUT", "Exchange"]
+
+logger = logging.getLogger("asgi_sse")
+
+#: Seconds the last message of a stream cut by the server may take: shutdown
+#: does not wait longer on a client that reads slowly.
+FAREWELL_TIMEOUT = 1.0
+
+
+class Exchange:
+    """One request's stream: its admission ticket, channel, run and timer."""
+
+    __slots__ = (
+        "_cancel",
+        "behind",
+        "channel",
+        "ended",
+        "hub",
+        "run",
+        "scope",
+        "stream",
+        "ticket",
+        "timer",
+    )
+
+    def __init__(self, stream: EventStream, scope: Scope, hub: Hub | None) -> None:
+        self.stream = stream
+        self.scope = scope
+        self.hub = hub
+        self.ticket: Ticket | None = None
+        self.channel = Channel(stream.options.max_buffer_bytes)
+        self.run: Run | None = None
+        self.ended = False  # the client left, or the last message is on its way
+        self.behind = False  # a send was cut off before the server took it all
+        self.timer = Timer(stream.heartbeat, stream.send_timeout, current_time())
+        self._cancel: CancelScope | None = None
+
+    def __del__(self) -> None:
+        # A framework may drop a response it never sends (an after_request hook
+        # that raised): its place among the app's streams must not stay taken.
+        if self.ticket is not None:
+            self.leave()
+
+    def admit(self) -> Refusal | None:
+        """Take a place among the app's streams, or the 503 to send instead."""
+        hub = self.hub
+        if hub is not None:
+            self.ticket = hub.admit()
+            if self.ticket is None:
+                return refusal(hub)
+        return None
+
+    async def open(self) -> Refusal | None:
+        """Let the source decide: None to stream, or the answer to send instead."""
+        stream, hub = self.stream, self.hub
+        answer = await stream.source.open(self.scope, self.channel, stream.options)
+        if isinstance(answer, Refusal):
+            self.leave()
+            return answer
+        self.run = answer
+        if hub is not None and self.ticket is not None:
+            if hub.closing:  # shutdown began while the source decided
+                self.leave()
+                hub.refused += 1
+                return refusal(hub)
+            self.ticket.end = self.end
+        return None
+
+    def end(self) -> None:
+        """End the stream early: the job is stopped, what it reported still goes out."""
+        assert self.run is not None
+        self.channel.end(self.run.farewell)
+
+    def leave(self) -> None:
+        """Give up the place among the app's streams (at most once)."""
+        ticket, self.ticket = self.ticket, None
+        if ticket is not None and self.hub is not None:
+            self.hub.leave(ticket)
+
+    def give_up(self) -> None:
+        """End the stream now, without waiting for a send in progress to return
+        (a server may shield its socket writes, as hypercorn's trio worker
+        does): the job is told at once, so its thread and limiter token come
+        back at its next report, and the stream leaves the app's count now.
+        The ASGI door's tasks are then cancelled; a framework's own send is
+        left to the framework."""
+        self.ended = True
+        self.leave()
+        self.channel.cancel()
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    async def __call__(self, receive: Receive, send: Send) -> None:
+        try:
+            answer = await self.open()
+            if answer is not None:
+                await answer(self.scope, receive, send)
+                return
+            start = {"type": "http.response.start", "status": 200, "headers": self.stream.headers}
+            if not await self._send(send, start):
+                return
+            async with create_task_group() as tg:
+                self._cancel = tg.cancel_scope
+                tg.start_soon(self._produce)
+                tg.start_soon(self._listen, receive)
+                try:
+                    await self._send_all(send)
+                finally:
+                    # Tell the job before the task group waits for its thread.
+                    self.channel.cancel()
+                    tg.cancel_scope.cancel()
+        finally:
+            self.leave()
+
+    async def _send_all(self, send: Send) -> None:
+        receive, hub, timer = self.channel.receive, self.hub, self.timer
+        try:
+            while True:
+                try:
+                    batch = await receive()
+                except EndOfStream:
+                    break
+                if hub is not None:
+                    hub.events_sent += len(batch) - batch.count(HEARTBEAT)
+                timer.sending(current_time())
+                body = batch[0] if len(batch) == 1 else b"".join(batch)
+                if not await self._send(
+                    send, {"type": "http.response.body", "body": body, "more_body": True}
+                ):
+                    return
+                timer.sent()
+        except get_cancelled_exc_class():
+            if not self.ended and not self.behind:
+                await self._farewell(send)
+            raise
+        if self.ended:
+            return  # given up (the client left): the cancellation is on its way
+        self.ended = True
+        await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send(self, send: Send, message: dict[str, object]) -> bool:
+        """False for a connection the server says is closed."""
+        try:
+            await send(message)
+        except OSError as exc:  # ASGI: a server may raise it for a closed connection
+            logger.debug("event stream send failed: %r", exc)
+            return False
+        except BaseException:
+            self.behind = True
+            raise
+        return True
+
+    async def _farewell(self, send: Send) -> None:
+        """The server gave up on the request (its graceful shutdown timed out):
+        say so, so no client takes the cut for a finished job. Briefly: shutdown
+        must not wait on a client that reads slowly, and one cut off mid-send
+        (behind) is not told at all."""
+        assert self.run is not None
+        rest = self.channel.take_rest()
+        last = self.run.farewell()
+        if last is not None:
+            rest.append(last)
+        with move_on_after(FAREWELL_TIMEOUT, shield=True):
+            await send({"type": "http.response.body", "body": b"".join(rest)})
+
+    @asynccontextmanager
+    async def body(self) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The encoded stream, for frameworks that send the body themselves,
+        after :meth:`open`. Watching for disconnect is then the framework's
+        part; its sends are timed as the gap between handing out a chunk and
+        being asked for the next."""
+        try:
+            async with create_task_group() as tg:
+                tg.start_soon(self._produce)
+                tg.start_soon(self._listen, None)
+                try:
+                    yield self
+                finally:
+                    self.channel.cancel()
+                    tg.cancel_scope.cancel()
+        finally:
+            self.leave()
+
+    def __aiter__(self) -> Exchange:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self.timer.sent()
+        try:
+            batch = await self.channel.receive()
+        except EndOfStream:
+            raise StopAsyncIteration from None
+        if self.hub is not None:
+            self.hub.events_sent += len(batch) - batch.count(HEARTBEAT)
+        self.timer.sending(current_time())
+        return batch[0] if len(batch) == 1 else b"".join(batch)
+
+    async def _produce(self) -> None:
+        run, hub, ticket = self.run, self.hub, self.ticket
+        assert run is not None
+        limiter = self.stream.options.limiter
+        if hub is None:
+            await run(limiter or default_limiter())
+        elif not run.takes_slot or ticket is None:
+            await run(limiter or hub.limiter)
+        else:
+            async with hub.slot(ticket, run.queued):
+                # It may have waited in line: is its client still there? (A
+                # disconnect that came with the slot is seen first.)
+                await checkpoint()
+                if not self.channel.cancelled:
+                    await run(limiter or hub.limiter)
+
+    async def _listen(self, receive: Receive | None) -> None:
+        """Wait for the client to leave (the ASGI door) or for the timer,
+        whichever comes first: one task, and one cancel scope per tick."""
+        while True:
+            delay = self.timer.delay(current_time())
+            if receive is None:
+                await sleep(delay)
+            else:
+                with move_on_after(delay):
+                    if (await receive())["type"] == "http.disconnect":
+                        self._disconnected()
+                        return
+                    continue
+            if self._tick():
+                return
+
+    def _tick(self) -> bool:
+        """Do what the timer says is due; True once given up. A heartbeat goes
+        through the channel, between whole events: the sender stays the only
+        sender, and the send timeout covers heartbeats too."""
+        due = self.timer.due(current_time())
+        if due is Due.HEARTBEAT:
+            self.channel.put_nowait(HEARTBEAT)
+        elif due is Due.GIVE_UP:
+            limit = self.timer.limit
+            logger.warning("event stream send timed out after %ss; closing the stream", limit)
+            if self.hub is not None:
+                self.hub.send_timeouts += 1
+            self.give_up()
+            return True
+        return False
+
+    def _disconnected(self) -> None:
+        if self.ended:
+            # The last message is on its way, and a disconnect now is no news.
+            # Cancelling would land inside that send: hypercorn's trio worker
+            # delivers the disconnect from within it, and would be cut short
+            # closing the connection, leaving it open.
+            return
+        if self.hub is not None:
+            self.hub.disconnects += 1
+        self.give_up()
