@@ -33,13 +33,16 @@ from ._exceptions import JobCancelled
 __all__ = ["Channel"]
 
 _Schedule = Callable[[Callable[[], object]], object]
-_call_soon_var: RunVar[_Schedule] = RunVar("asgi_sse.call_soon")
+_loop_var: RunVar[tuple[_Schedule, Callable[[], Event]]] = RunVar("asgi_sse.bridge")
 
 
-def _call_soon() -> _Schedule:
-    """Schedule a callback in the current loop from any thread, without waiting."""
+def _for_this_loop() -> tuple[_Schedule, Callable[[], Event]]:
+    """How to schedule a callback in the current loop from any thread without
+    waiting, and the backend's own :class:`anyio.Event` class, looked up once
+    per loop: ``Event()`` finds its backend on every call, and the bridge makes
+    one per wake-up."""
     try:
-        return _call_soon_var.get()
+        return _loop_var.get()
     except LookupError:
         pass
     token = current_token()
@@ -50,8 +53,9 @@ def _call_soon() -> _Schedule:
             break
     else:  # another backend: correct, slower
         schedule = lambda callback: from_thread.run_sync(callback, token=token)  # noqa: E731
-    _call_soon_var.set(schedule)
-    return schedule
+    found = (schedule, type(Event()))
+    _loop_var.set(found)
+    return found
 
 
 _ENDED = "the event stream has ended: the job returned before this report"
@@ -70,6 +74,7 @@ class Channel:
         "_batch",
         "_call_soon",
         "_closed",
+        "_event",
         "_lock",
         "_loop_thread",
         "_max",
@@ -92,7 +97,7 @@ class Channel:
         self._room: threading.Condition | None = None  # made when a thread first waits
         self._waiters = 0  # threads waiting for room
         self._space: Event | None = None  # an async producer waits for room
-        self._call_soon = _call_soon()
+        self._call_soon, self._event = _for_this_loop()
         self._loop_thread = threading.get_ident()
 
     @property
@@ -235,12 +240,14 @@ class Channel:
         """
         while True:
             with self._lock:
-                if self._batch:
-                    batch = self._take()
+                if self._batch:  # (what _take does, inline: this is the hot path)
+                    batch, self._batch, self._size = self._batch, [], 0
+                    if self._waiters:
+                        self._room.notify_all()  # type: ignore[union-attr]
                     break
                 if self._closed:
                     raise EndOfStream
-                parked = self._parked = Event()
+                parked = self._parked = self._event()
             try:
                 await parked.wait()
             except BaseException:

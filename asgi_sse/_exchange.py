@@ -2,15 +2,14 @@
 
 Both doors of :class:`~asgi_sse.EventStream` (the ASGI call, and :meth:`Exchange.body`
 for frameworks that send the body themselves) build one :class:`Exchange` per
-request. Three tasks share one task group, the fewest the race with the client
-needs: the request's own task sends (the only caller of ``send``), one runs the
-source, and one listens for ``http.disconnect`` and keeps the stream's timer.
-A server may drop a ``send`` to a client that has gone without a word, or
-block it forever on one that stopped reading (hypercorn does both), so
-disconnect is learnt from ``receive()`` and every send is timed. Whatever ends
-the stream, the job is told to stop, and the exchange returns only after its
-worker thread has. A stream the server cancels (its graceful shutdown ran out)
-still sends what the job reported and a last ``error`` event, briefly.
+request. Three tasks, the fewest the race with the client needs: the request's
+own sends (the only caller of ``send``), one runs the source, one listens for
+``http.disconnect`` and keeps the timer. A server may drop a send to a client
+that has gone, or block it forever on one that stopped reading (hypercorn does
+both), so disconnect is learnt from ``receive()`` and every send is timed.
+Whatever ends the stream, the job is told to stop, and the exchange returns only
+after its thread has. A stream the server cancels (its graceful shutdown ran
+out) still sends what the job reported and a last ``error`` event, briefly.
 """
 
 from __future__ import annotations
@@ -18,13 +17,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from anyio import (
     CancelScope,
     EndOfStream,
     create_task_group,
-    current_time,
     get_cancelled_exc_class,
     move_on_after,
     sleep,
@@ -45,8 +44,7 @@ __all__ = ["FAREWELL_TIMEOUT", "Exchange"]
 
 logger = logging.getLogger("asgi_sse")
 
-#: Seconds the last message of a stream cut by the server may take: shutdown
-#: does not wait longer on a client that reads slowly.
+#: Seconds the last message of a stream the server cut may take (shutdown waits no longer).
 FAREWELL_TIMEOUT = 1.0
 
 
@@ -75,14 +73,8 @@ class Exchange:
         self.run: Run | None = None
         self.ended = False  # the client left, or the last message is on its way
         self.behind = False  # a send was cut off before the server took it all
-        self.timer = Timer(stream.heartbeat, stream.send_timeout, current_time())
+        self.timer = Timer(stream.heartbeat, stream.send_timeout, monotonic())
         self._cancel: CancelScope | None = None
-
-    def __del__(self) -> None:
-        # A framework may drop a response it never sends (an after_request hook
-        # that raised): its place among the app's streams must not stay taken.
-        if self.ticket is not None:
-            self.leave()
 
     def admit(self) -> Refusal | None:
         """Take a place among the app's streams, or the 503 to send instead."""
@@ -91,6 +83,7 @@ class Exchange:
             self.ticket = hub.admit()
             if self.ticket is None:
                 return refusal(hub)
+            self.ticket.end = self.end
         return None
 
     async def open(self) -> Refusal | None:
@@ -101,18 +94,17 @@ class Exchange:
             self.leave()
             return answer
         self.run = answer
-        if hub is not None and self.ticket is not None:
-            if hub.closing:  # shutdown began while the source decided
-                self.leave()
-                hub.refused += 1
-                return refusal(hub)
-            self.ticket.end = self.end
+        if hub is not None and self.ticket is not None and hub.closing:
+            self.leave()  # shutdown began while the source decided
+            hub.refused += 1
+            return refusal(hub)
         return None
 
     def end(self) -> None:
-        """End the stream early: the job is stopped, what it reported still goes out."""
-        assert self.run is not None
-        self.channel.end(self.run.farewell)
+        """End the stream early: the job is stopped, what it reported still goes out
+        (shutdown; a stream still opening refuses itself when it sees it)."""
+        if self.run is not None:
+            self.channel.end(self.run.farewell)
 
     def leave(self) -> None:
         """Give up the place among the app's streams (at most once)."""
@@ -121,12 +113,10 @@ class Exchange:
             self.hub.leave(ticket)
 
     def give_up(self) -> None:
-        """End the stream now, without waiting for a send in progress to return
-        (a server may shield its socket writes, as hypercorn's trio worker
-        does): the job is told at once, so its thread and limiter token come
-        back at its next report, and the stream leaves the app's count now.
-        The ASGI door's tasks are then cancelled; a framework's own send is
-        left to the framework."""
+        """End the stream now, not after a send in progress (a server may shield
+        its writes, as hypercorn's trio worker does): the job is told at once,
+        so its thread and token come back at its next report, and the stream
+        leaves the app's count. A framework's own send is left to it."""
         self.ended = True
         self.leave()
         self.channel.cancel()
@@ -165,13 +155,18 @@ class Exchange:
                     break
                 if hub is not None:
                     hub.events_sent += len(batch) - batch.count(HEARTBEAT)
-                timer.sending(current_time())
                 body = batch[0] if len(batch) == 1 else b"".join(batch)
-                if not await self._send(
-                    send, {"type": "http.response.body", "body": body, "more_body": True}
-                ):
+                # Timer.sending() and .sent(), and _send(), inline: the hot path.
+                timer.busy, timer.sent_at = True, monotonic()
+                try:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                except OSError as exc:
+                    logger.debug("event stream send failed: %r", exc)
                     return
-                timer.sent()
+                except BaseException:
+                    self.behind = True
+                    raise
+                timer.busy = False
         except get_cancelled_exc_class():
             if not self.ended and not self.behind:
                 await self._farewell(send)
@@ -194,10 +189,9 @@ class Exchange:
         return True
 
     async def _farewell(self, send: Send) -> None:
-        """The server gave up on the request (its graceful shutdown timed out):
-        say so, so no client takes the cut for a finished job. Briefly: shutdown
-        must not wait on a client that reads slowly, and one cut off mid-send
-        (behind) is not told at all."""
+        """The server gave up on the request (its graceful timeout): say so, so
+        no client takes the cut for a finished job. Briefly, and not to a client
+        cut off mid-send (behind): shutdown must not wait on slow readers."""
         assert self.run is not None
         rest = self.channel.take_rest()
         last = self.run.farewell()
@@ -208,10 +202,16 @@ class Exchange:
 
     @asynccontextmanager
     async def body(self) -> AsyncIterator[AsyncIterator[bytes]]:
-        """The encoded stream, for frameworks that send the body themselves,
-        after :meth:`open`. Watching for disconnect is then the framework's
-        part; its sends are timed as the gap between handing out a chunk and
-        being asked for the next."""
+        """The encoded stream, after :meth:`open`, for frameworks that send the
+        body themselves. It takes its place among the app's streams here, so a
+        response dropped unsent holds none; if the app filled up since the
+        status was sent, the body is one ``error`` event (``ServerBusy``). The
+        framework watches for disconnect; its sends are timed as the gap
+        between handing out a chunk and being asked for the next."""
+        refused = self.admit()
+        if refused is not None:
+            yield _once(refused.body)
+            return
         try:
             async with create_task_group() as tg:
                 tg.start_soon(self._produce)
@@ -235,46 +235,43 @@ class Exchange:
             raise StopAsyncIteration from None
         if self.hub is not None:
             self.hub.events_sent += len(batch) - batch.count(HEARTBEAT)
-        self.timer.sending(current_time())
+        self.timer.sending(monotonic())
         return batch[0] if len(batch) == 1 else b"".join(batch)
 
     async def _produce(self) -> None:
         run, hub, ticket = self.run, self.hub, self.ticket
         assert run is not None
-        limiter = self.stream.options.limiter
-        if hub is None:
-            await run(limiter or default_limiter())
-        elif not run.takes_slot or ticket is None:
-            await run(limiter or hub.limiter)
+        limiter = self.stream.options.limiter or (default_limiter() if hub is None else hub.limiter)
+        if hub is None or ticket is None or not run.takes_slot:
+            await run(limiter)
         else:
             async with hub.slot(ticket, run.queued):
                 # It may have waited in line: is its client still there? (A
                 # disconnect that came with the slot is seen first.)
                 await checkpoint()
                 if not self.channel.cancelled:
-                    await run(limiter or hub.limiter)
+                    await run(limiter)
 
     async def _listen(self, receive: Receive | None) -> None:
         """Wait for the client to leave (the ASGI door) or for the timer,
         whichever comes first: one task, and one cancel scope per tick."""
         while True:
-            delay = self.timer.delay(current_time())
+            delay = self.timer.delay(monotonic())
             if receive is None:
                 await sleep(delay)
             else:
-                with move_on_after(delay):
-                    if (await receive())["type"] == "http.disconnect":
-                        self._disconnected()
-                        return
-                    continue
+                with move_on_after(delay):  # one scope per tick, not per message
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    self._disconnected()
+                    return
             if self._tick():
                 return
 
     def _tick(self) -> bool:
         """Do what the timer says is due; True once given up. A heartbeat goes
-        through the channel, between whole events: the sender stays the only
-        sender, and the send timeout covers heartbeats too."""
-        due = self.timer.due(current_time())
+        through the channel, so the send timeout covers it too."""
+        due = self.timer.due(monotonic())
         if due is Due.HEARTBEAT:
             self.channel.put_nowait(HEARTBEAT)
         elif due is Due.GIVE_UP:
@@ -288,11 +285,16 @@ class Exchange:
 
     def _disconnected(self) -> None:
         if self.ended:
-            # The last message is on its way, and a disconnect now is no news.
-            # Cancelling would land inside that send: hypercorn's trio worker
-            # delivers the disconnect from within it, and would be cut short
-            # closing the connection, leaving it open.
+            # The last message is on its way: a disconnect now is no news, and
+            # cancelling would land inside that send (hypercorn's trio worker
+            # delivers the disconnect from within it, and would leave the
+            # connection open).
             return
         if self.hub is not None:
             self.hub.disconnects += 1
         self.give_up()
+
+
+async def _once(error: bytes) -> AsyncIterator[bytes]:
+    """A full app's refusal, as a body's one ``error`` event."""
+    yield b"event: error\ndata: %b\n\n" % error

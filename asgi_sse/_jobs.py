@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import inspect
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any, ClassVar, Generic, TypeVar
 
 from anyio import CapacityLimiter, to_thread
@@ -38,28 +39,14 @@ class Job(Generic[T]):
     uses: ClassVar[frozenset[str]] = frozenset({"limiter", "on_error"})
 
     def __init__(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> None:
-        name = getattr(func, "__qualname__", repr(func))
-        if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__):
-            raise TypeError(
-                f"{name} is async: Job runs blocking functions in a worker thread."
-                " Stream async code as an async iterable of events instead."
-            )
         if "on_progress" in kwargs:
-            raise TypeError(f"on_progress is passed to {name} by asgi-sse; do not pass it")
-        try:
-            signature = inspect.signature(func)
-        except (TypeError, ValueError):  # some builtins have none: nothing to check
-            signature = None
+            raise TypeError(f"on_progress is passed to {_name(func)} by asgi-sse; do not pass it")
+        signature = _signature(func)
         if signature is not None:
-            accepts = "on_progress" in signature.parameters or any(
-                p.kind is p.VAR_KEYWORD for p in signature.parameters.values()
-            )
-            if not accepts:
-                raise TypeError(f"{name} must accept an on_progress keyword argument")
             try:
                 signature.bind(*args, on_progress=None, **kwargs)
             except TypeError as exc:
-                raise TypeError(f"cannot call {name} with these arguments: {exc}") from None
+                raise TypeError(f"cannot call {_name(func)} with these arguments: {exc}") from None
         self.func = func
         self.args = args
         self.kwargs = kwargs
@@ -69,6 +56,41 @@ class Job(Generic[T]):
 
     async def open(self, scope: Mapping[str, Any], channel: Channel, options: RunOptions) -> JobRun:
         return JobRun(self, channel, options)
+
+
+def _name(func: Callable[..., Any]) -> str:
+    return getattr(func, "__qualname__", repr(func))
+
+
+_signatures: weakref.WeakKeyDictionary[Callable[..., Any], inspect.Signature | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    """``func``'s signature, checked once per function (held weakly): inspecting
+    it costs more than the rest of a stream's set-up."""
+    try:
+        return _signatures[func]
+    except (KeyError, TypeError):  # not seen yet, or not weakly referable
+        pass
+    if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__):
+        raise TypeError(
+            f"{_name(func)} is async: Job runs blocking functions in a worker thread."
+            " Stream async code as an async iterable of events instead."
+        )
+    try:
+        signature: inspect.Signature | None = inspect.signature(func)
+    except (TypeError, ValueError):  # some builtins have none: nothing to check
+        signature = None
+    if signature is not None and all(
+        name != "on_progress" and p.kind is not p.VAR_KEYWORD
+        for name, p in signature.parameters.items()
+    ):
+        raise TypeError(f"{_name(func)} must accept an on_progress keyword argument")
+    with suppress(TypeError):
+        _signatures[func] = signature
+    return signature
 
 
 class Reporter:

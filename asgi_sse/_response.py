@@ -16,7 +16,7 @@ from anyio import CapacityLimiter
 from . import _run
 from ._encoder import Encoder
 from ._exchange import Exchange
-from ._http import Headers, Receive, Refusal, Scope, Send, check_headers
+from ._http import Headers, Receive, Refusal, Scope, Send, check_headers, refusal
 from ._hub import SCOPE_KEY
 from ._items import as_source
 from ._jobs import Job
@@ -124,14 +124,15 @@ class EventStream:
 
     def exchange(self, scope: Scope) -> Exchange | Refusal:
         """This request's stream, for frameworks that send the body themselves
-        (Quart), admitted by the app's middleware now, or the 503 to answer
-        instead. Then ``await exchange.open()`` (None, or the answer the source
+        (Quart), or the 503 to answer instead if the app's middleware is full
+        now. Then ``await exchange.open()`` (None, or the answer the source
         decided instead: a watch's 204, 400 or 404), then
-        ``async with exchange.body() as chunks``. Leaving the body stops the
-        job and waits for its thread."""
-        exchange = Exchange(self, scope, scope.get(SCOPE_KEY))
-        refused = exchange.admit()
-        return exchange if refused is None else refused
+        ``async with exchange.body() as chunks``, where the stream takes its
+        place. Leaving the body stops the job and waits for its thread."""
+        hub = scope.get(SCOPE_KEY)
+        if hub is not None and hub.refuses():
+            return refusal(hub)
+        return Exchange(self, scope, hub)
 
 
 def stream_progress(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> EventStream:

@@ -2,6 +2,9 @@
 
 Sans-IO: times in, decisions out. One timer per stream does both jobs, so an
 idle stream wakes once per heartbeat and a busy one not at all between them.
+The times are ``time.monotonic()``, read once per send: anyio's
+``current_time()`` finds its backend on every call, which the hot path cannot
+afford, and the timer needs no more than a steady clock.
 """
 
 from __future__ import annotations

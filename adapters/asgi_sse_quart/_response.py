@@ -9,7 +9,7 @@ and leaving it stops the job.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, MutableMapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -43,8 +43,9 @@ class _EventStreamBody(ResponseBody):
 
     async def __aenter__(self) -> AsyncIterator[bytes]:
         if not self._opened and await self._exchange.open() is not None:
-            # Shutdown began between the handler and the body: nothing to stream.
-            self._body = _nothing()
+            raise RuntimeError(
+                "this source decides its own status: return await EventStreamResponse.resume(...)"
+            )
         return await self._body.__aenter__()
 
     async def __aexit__(
@@ -133,16 +134,6 @@ class EventStreamResponse(Response):
         """asgi-sse's headers, in place of Quart's default content-type."""
         self.headers.clear()
         self.headers.extend(pairs)
-
-
-@asynccontextmanager
-async def _nothing() -> AsyncIterator[AsyncIterator[bytes]]:
-    yield _empty()
-
-
-async def _empty() -> AsyncIterator[bytes]:
-    return
-    yield  # an async generator that yields nothing
 
 
 def _scope() -> MutableMapping[str, Any]:
