@@ -133,6 +133,14 @@ class Hub:
         self._open.discard(ticket)
         if not self._open and self._all_closed is not None:
             self._all_closed.set()
+            self._all_closed = None
+
+    async def idle(self) -> None:
+        """Return once no stream is open (at once, if none is)."""
+        while self._open:
+            if self._all_closed is None:
+                self._all_closed = Event()
+            await self._all_closed.wait()
 
     @asynccontextmanager
     async def slot(self, ticket: Ticket, on_position: Callable[[int], None]) -> AsyncIterator[None]:
@@ -183,11 +191,8 @@ class Hub:
         self.closing = True
         for ticket in list(self._open):
             ticket.end()
-        if not self._open:
-            return
-        self._all_closed = Event()
         with move_on_after(grace):
-            await self._all_closed.wait()
+            await self.idle()
         if self._open:
             logger.warning(
                 "%d event stream(s) still open %ss after shutdown began: their jobs"

@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,15 +39,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 class RedisServer:
     """One redis-server process on 127.0.0.1, in ``directory``."""
 
@@ -58,6 +48,7 @@ class RedisServer:
         self.port = _free_port()
         self.log = directory / "redis.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._tee = threading.Thread()
 
     @property
     def url(self) -> str:
@@ -68,27 +59,37 @@ class RedisServer:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
-        """Start it (again, on the same port and directory), and wait until it answers."""
+        """Start it (again, on the same port and directory), and wait until it
+        says it is ready: its log, on a pipe, is the event waited on."""
         assert not self.running, "redis-server is already running"
         args = [
             self.executable,
             *("--bind", "127.0.0.1", "--port", str(self.port)),
-            *("--dir", str(self.directory), "--logfile", str(self.log)),
+            *("--dir", str(self.directory), "--logfile", ""),  # the log on stdout
             *("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
             *("--protected-mode", "no", "--daemonize", "no"),
         ]
-        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        give_up = time.monotonic() + BOUND
-        poll = threading.Event()  # never set: the pause between PINGs
-        while not _ping(self.port):
-            if self._process.poll() is not None:
-                err = self._process.stderr.read().decode() if self._process.stderr else ""
-                log = self.log.read_text() if self.log.exists() else ""
-                raise RuntimeError(f"redis-server exited at start: {err}{log}")
-            if time.monotonic() > give_up:
-                self.stop()
-                raise RuntimeError(f"redis-server did not answer PING within {BOUND}s")
-            poll.wait(0.02)
+        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self._process = process
+        ready = threading.Event()
+        self._tee = threading.Thread(target=self._copy_log, args=(process, ready), daemon=True)
+        self._tee.start()
+        if not ready.wait(BOUND) or process.poll() is not None:
+            self.stop()
+            log = self.log.read_text() if self.log.exists() else ""
+            raise RuntimeError(f"redis-server was not ready within {BOUND}s: {log}")
+
+    def _copy_log(self, process: subprocess.Popen[bytes], ready: threading.Event) -> None:
+        """Copy the log to ``self.log`` until redis exits (a pipe nobody drains
+        would stop it), telling ``ready`` when it accepts connections or exits."""
+        assert process.stdout is not None
+        with process.stdout, self.log.open("ab") as log:
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                if b"Ready to accept connections" in line:
+                    ready.set()
+        ready.set()  # it exited: start() sees that at once, not after BOUND
 
     def stop(self) -> None:
         """Stop it as an operator would (SIGTERM), and wait until it has exited."""
@@ -101,8 +102,7 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
+        self._tee.join(BOUND)
 
 
 def start_redis(directory: Path) -> RedisServer:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -91,13 +91,42 @@ def _stats() -> dict[str, Any]:
     }
 
 
+async def _settled(tasks: int) -> None:
+    """Return once no stream is open, every limiter token is back and (given
+    ``tasks``) no more than that many tasks are left: each waited on as an
+    event, inside the server, where they happen."""
+    await app._hub.idle()
+    limiter = app.limiter
+    borrowers = [object() for _ in range(int(limiter.total_tokens))]
+    for borrower in borrowers:  # holding every token means each was given back
+        await limiter.acquire_on_behalf_of(borrower)
+    for borrower in borrowers:
+        limiter.release_on_behalf_of(borrower)
+    while tasks and len(asyncio.all_tasks()) > tasks:  # (the asyncio worker's tasks)
+        ended = asyncio.Event()
+
+        def one_ended(_: object, ended: asyncio.Event = ended) -> None:
+            ended.set()
+
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in others:
+            task.add_done_callback(one_ended)
+        try:
+            await ended.wait()
+        finally:
+            for task in others:
+                task.remove_done_callback(one_ended)
+
+
 async def _routes(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
         return
-    if scope["path"] == "/stats":
+    if scope["path"] in ("/stats", "/settled"):
+        if scope["path"] == "/settled":
+            await _settled(int(parse_qs(scope["query_string"].decode()).get("tasks", ["0"])[0]))
         body = json.dumps(_stats()).encode()
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -141,20 +170,19 @@ class Server:
         result: dict[str, Any] = response.json()
         return result
 
-    def settled(
-        self, until: Callable[[dict[str, Any]], bool] = bool, within: float = 3 * BOUND
-    ) -> dict[str, Any]:
-        """Poll ``/stats`` until no stream is open, queued or running, no limiter
-        token is out and ``until(stats)`` holds, or fail after ``within`` seconds."""
-        give_up = time.monotonic() + within
-        poll = threading.Event()  # never set: the pause between polls
-        while True:
-            stats = self.stats()
-            busy = ("open_streams", "queued_jobs", "running_jobs", "borrowed_tokens")
-            if not any(stats[key] for key in busy) and until(stats):
-                return stats
-            assert time.monotonic() < give_up, f"the server did not settle: {stats}"
-            poll.wait(0.05)
+    def settled(self, tasks: int = 0, within: float = 3 * BOUND) -> dict[str, Any]:
+        """The stats once no stream is open, queued or running, no limiter token
+        is out and (given ``tasks``) no more than that many tasks are left: the
+        server waits for each of those events itself, within ``within``."""
+        response = httpx.get(
+            self.url + "/settled",
+            params={"tasks": tasks},
+            headers={"connection": "close"},
+            timeout=within,
+        )
+        response.raise_for_status()
+        stats: dict[str, Any] = response.json()
+        return stats
 
 
 @contextmanager
@@ -327,9 +355,7 @@ def test_a_disconnect_storm_leaves_nothing_behind(tmp_path: Path) -> None:
             peak_rss = max(peak_rss, server.stats()["rss"])
         # Connections close after their stream ends: wait (bounded) for every one of
         # them, so a task or socket left behind fails the test here.
-        after = server.settled(
-            until=lambda s: s["tasks"] <= baseline["tasks"] and s["fds"] <= baseline["fds"]
-        )
+        after = server.settled(tasks=baseline["tasks"])
 
         # The server still serves: a whole stream, every event in order.
         (stream,) = asyncio.run(load(server.port, "/?n=200", streams=1, n=200, deadline=BOUND))
@@ -392,16 +418,14 @@ def test_stalled_half_sent_requests_do_not_stop_a_stream_being_served(tmp_path: 
                 sock = socket.create_connection(("127.0.0.1", server.port), timeout=BOUND)
                 sock.sendall(HALF_SENT[i % len(HALF_SENT)])
                 stallers.append(sock)
-            # The server has accepted every one of them and holds it open.
-            give_up = time.monotonic() + 3 * BOUND
-            while (held := server.stats()["fds"] - before["fds"]) < STALLERS:
-                assert time.monotonic() < give_up, f"the server holds {held} of {STALLERS}"
-                threading.Event().wait(0.05)  # the pause between polls
-
             streams = asyncio.run(load(server.port, "/?n=100", streams=5, n=100, deadline=BOUND))
             assert [(s.error, s.completed, s.lost, s.disorder) for s in streams] == [
                 ("", True, 0, 0)
             ] * 5
+            # The server held every staller meanwhile: it accepts in the order clients
+            # connect, so having served the five it had accepted the stallers before.
+            held = server.stats()["fds"] - before["fds"]
+            assert held >= STALLERS
             # ...while every staller was still connected, still waiting for its request.
             for sock in stallers:
                 sock.setblocking(False)

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -187,15 +186,21 @@ def status_of(server: Process, job_id: str, last_id: str | None = None, **query:
 
 
 def wait_for_state(redis: RedisServer, job_id: str, state: str) -> None:
-    """Poll the job's record in Redis until it reaches ``state``, within a bound."""
+    """Wait, within a bound, until the job's record in Redis is in ``state``:
+    woken by Redis itself (keyspace notifications) each time the record changes."""
     client = Redis.from_url(redis.url)
+    key = f"{PREFIX}{{{job_id}}}:meta"
+    client.config_set("notify-keyspace-events", "KA")
+    changes = client.pubsub()
+    changes.subscribe(f"__keyspace@0__:{key}")  # before the first look: no change is missed
     give_up = time.monotonic() + BOUND
-    poll = threading.Event()  # never set: the pause between polls
     try:
-        while (seen := client.hget(f"{PREFIX}{{{job_id}}}:meta", "state")) != state.encode():
-            assert time.monotonic() < give_up, f"job {job_id} is {seen!r}, never {state}"
-            poll.wait(0.02)
+        while (seen := client.hget(key, "state")) != state.encode():
+            left = give_up - time.monotonic()
+            assert left > 0, f"job {job_id} is {seen!r}, never {state}"
+            changes.get_message(timeout=left)  # the next change (or the subscription's ack)
     finally:
+        changes.close()
         client.close()
 
 

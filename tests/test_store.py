@@ -69,10 +69,20 @@ def kind(case: tuple[str, str]) -> str:
     return case[0]
 
 
+class Clock:
+    """anyio's clock, which a test can move forward: the memory backend's time."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def __call__(self) -> float:
+        return anyio.current_time() + self.ahead
+
+
 @pytest.fixture
 async def backend(kind: str, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     if kind == "memory":
-        yield MemoryBackend()
+        yield MemoryBackend(clock=Clock())
         return
     from redis.asyncio import Redis  # noqa: PLC0415
 
@@ -319,6 +329,28 @@ async def test_wait_unwatched_keeps_waiting_while_watched(backend: Backend, kind
             await backend.wait_unwatched("j", GRACE)
 
 
+async def time_passes(backend: Any, job_id: str, keep: float) -> None:
+    """Let ``keep`` seconds pass for ``job_id``'s record, without sleeping: the
+    memory backend's clock is moved on; Redis expires the record itself, and
+    says so (a keyevent notification), which is what is waited for."""
+    if isinstance(backend, MemoryBackend):
+        backend._clock.ahead += keep  # type: ignore[attr-defined]
+        return
+    client = backend.client
+    meta = backend._key(job_id, "meta").encode()
+    await client.config_set("notify-keyspace-events", "Ex")
+    expiries = client.pubsub()
+    await expiries.subscribe("__keyevent@0__:expired")  # before the first look
+    try:
+        with anyio.fail_after(BOUND):
+            while await client.exists(meta):
+                message = await expiries.get_message(timeout=BOUND)
+                if message is not None and message["data"] == meta:
+                    break
+    finally:
+        await expiries.aclose()
+
+
 @pytest.mark.anyio
 async def test_finished_job_is_forgotten_after_keep(backend: Backend) -> None:
     await backend.create("j", keep=60)
@@ -326,9 +358,8 @@ async def test_finished_job_is_forgotten_after_keep(backend: Backend) -> None:
         await backend.append("j", frames(1), 1)
         await backend.finish("j", 1, keep=0.5)
     assert await backend.info("j") is not None  # kept for now
-    with anyio.fail_after(BOUND):
-        while await backend.info("j") is not None:  # a bounded poll: expiry has no event
-            await anyio.sleep(0.05)
+    await time_passes(backend, "j", 0.5)
+    assert await backend.info("j") is None
     with anyio.fail_after(BOUND), pytest.raises(JobLost):
         await read_forever(backend, "j")
 
@@ -336,9 +367,9 @@ async def test_finished_job_is_forgotten_after_keep(backend: Backend) -> None:
 @pytest.mark.anyio
 async def test_unclaimed_job_is_forgotten_after_keep(backend: Backend) -> None:
     await backend.create("j", keep=0.3)
-    with anyio.fail_after(BOUND):
-        while await backend.info("j") is not None:  # a bounded poll: expiry has no event
-            await anyio.sleep(0.05)
+    assert await backend.info("j") is not None
+    await time_passes(backend, "j", 0.3)
+    assert await backend.info("j") is None
     await backend.create("j", keep=60)  # the id is free again
 
 

@@ -172,14 +172,16 @@ class MemoryBackend:
     Jobs are visible to this process only, so with several server processes a
     client must come back to the same one (or use a shared backend such as
     :class:`asgi_sse.resumable.redis.RedisBackend`). Must be used from one event loop.
+    ``clock`` tells the time its logs expire by (tests pass one they can advance).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = current_time) -> None:
+        self._clock = clock
         self._logs: dict[str, _Log] = {}
         self._expiry: list[tuple[float, str]] = []  # (when, job id): a heap, checked lazily
 
     def _forget_expired(self) -> None:
-        now = current_time()
+        now = self._clock()
         while self._expiry and self._expiry[0][0] <= now:
             _, job_id = heapq.heappop(self._expiry)
             log = self._logs.get(job_id)
@@ -195,7 +197,7 @@ class MemoryBackend:
         return log
 
     def _expire_in(self, log: _Log, job_id: str, keep: float) -> None:
-        log.expires = current_time() + keep
+        log.expires = self._clock() + keep
         heapq.heappush(self._expiry, (log.expires, job_id))
 
     async def create(self, job_id: str, keep: float) -> None:
@@ -261,7 +263,7 @@ class MemoryBackend:
             if log.state == "running":
                 await log.changed.wait()
             else:  # pending: forgotten at ``expires`` unless it starts, and nothing says so
-                with move_on_after(log.expires - current_time()):
+                with move_on_after(log.expires - self._clock()):
                     await log.changed.wait()
 
     @asynccontextmanager
