@@ -39,6 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/report.py
 	$(BIN)/python benchmarks/inprocess.py
+	$(BIN)/python benchmarks/inprocess.py --anyio
+	$(BIN)/python benchmarks/idle.py
 	$(BIN)/python benchmarks/resumable.py
 
 # Resumable jobs alone: plain stream vs Jobs in memory vs Jobs on a redis-server it starts.

@@ -4,6 +4,7 @@
     python benchmarks/inprocess.py --round-trip # one from_thread.run_sync per event
     python benchmarks/inprocess.py --latency    # an idle stream's latency, vs the floor
     python benchmarks/inprocess.py --setup      # event-loop CPU to set up and end a stream
+    python benchmarks/inprocess.py --anyio      # what anyio's primitives cost, each
 
 The second line is why the bridge batches and never waits for the loop: it is
 the ceiling of a design that crosses into the loop once per event. The third
@@ -108,13 +109,56 @@ async def setup(streams: int) -> None:
         print(f"{name:>8}: {(time.process_time() - cpu) / streams * 1e6:.0f} us CPU per stream")
 
 
+async def primitives(n: int) -> None:
+    """Wall time per use of the anyio primitives a stream is built of: what a
+    stream's set-up cannot go below while it uses them."""
+
+    async def noop() -> None:
+        pass
+
+    def timed(label: str, seconds: float, uses: int = n) -> None:
+        print(f"{label:<34} {seconds / uses * 1e6:7.2f} us")
+
+    start = time.perf_counter()
+    for _ in range(n):
+        async with anyio.create_task_group():
+            pass
+    timed("task group, entered and left", time.perf_counter() - start)
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(noop)
+    timed("start_soon, task run to its end", time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in range(n):
+        with anyio.move_on_after(10):  # noqa: ASYNC100 (its cost is the point)
+            pass
+    timed("move_on_after, entered and left", time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in range(n):
+        anyio.Event()
+    timed("anyio.Event()", time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in range(n):
+        anyio.current_time()
+    timed("anyio.current_time()", time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in range(n):
+        time.monotonic()
+    timed("time.monotonic()", time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--round-trip", action="store_true")
     parser.add_argument("--latency", type=int, metavar="ROUNDS", nargs="?", const=6)
     parser.add_argument("--setup", type=int, metavar="STREAMS", nargs="?", const=200)
+    parser.add_argument("--anyio", action="store_true")
     args = parser.parse_args()
+    if args.anyio:
+        anyio.run(primitives, 5000)
+        return
     if args.setup:
         anyio.run(setup, args.setup)
         return

@@ -182,3 +182,20 @@ def test_the_resumable_benchmark_measures_every_path_without_loss(tmp_path: Path
     for path in paths:
         assert done.stdout.count(f"| {path} |") == 3, path
     assert "command: python benchmarks/resumable.py --smoke" in done.stdout
+
+
+def test_the_idle_benchmark_holds_every_stream_and_counts_its_heartbeats(tmp_path: Path) -> None:
+    out = tmp_path / "idle.json"
+    sizes = ("--streams", "20", "--rounds", "1", "--heartbeat", "0.2")
+    subprocess.run(
+        [sys.executable, "benchmarks/idle.py", *sizes, "--out", str(out)],
+        cwd=ROOT,
+        check=True,
+        timeout=120,
+    )
+    results = json.loads(out.read_text())
+    assert [r["name"] for r in results] == ["floor", "asgi_sse"]
+    for result in results:
+        assert result["streams"] == 20
+        assert result["rounds"] >= 1  # every stream got its heartbeat, once more at least
+        assert result["rss_after_mib"] >= result["rss_before_mib"] > 0
