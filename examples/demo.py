@@ -124,7 +124,7 @@ async def routes(scope: Any, receive: Any, send: Any) -> None:
         try:
             steps, delay = _arguments(scope["query_string"])
         except ValueError as exc:
-            error = json.dumps({"error": str(exc)}).encode()
+            error = json.dumps({"type": "InvalidArguments", "detail": str(exc)}).encode()
             await _respond(send, 400, b"application/json", error)
             return
         await stream_progress(AnalysisPipeline().execute, steps, delay)(scope, receive, send)

@@ -64,7 +64,10 @@ def test_bad_input_is_a_400_before_any_stream(demo_url: str, query: str) -> None
     response = httpx.get(f"{demo_url}/progress?{query}", timeout=BOUND)
     assert response.status_code == 400
     assert response.json() == {
-        "error": "steps must be a whole number from 1 to 500, delay a number of seconds from 0 to 5"
+        "type": "InvalidArguments",
+        "detail": (
+            "steps must be a whole number from 1 to 500, delay a number of seconds from 0 to 5"
+        ),
     }
 
 

@@ -85,6 +85,32 @@ HYPERCORN_ASYNCIO_WAITS_FOR_STREAMS = pytest.mark.xfail(
 )
 
 
+class BurstThenQuiet:
+    """Reports ``n`` events at once, then nothing (it polls the flag) until it is
+    stopped, when its next report raises. At shutdown no send is then under
+    way, so the stream's farewell is certain: a stream cut off in the middle of
+    a send cannot tell whether the server wrote it, and ends without one rather
+    than risk a gap or a duplicate (test_stalled covers that case)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.stopped = threading.Event()
+        self.outcome: list[str] = []
+
+    def __call__(self, on_progress: Reporter) -> None:
+        pace = threading.Event()  # never set: the job's own pace while quiet
+        try:
+            for i in range(self.n):
+                on_progress("burst", {"i": i})
+            while not on_progress.cancelled:
+                pace.wait(0.002)
+            on_progress("after the end", {})
+        except JobCancelled:
+            self.outcome.append("cancelled")
+        finally:
+            self.stopped.set()
+
+
 @pytest.mark.parametrize(
     ("ending", "job_style", "worker"),
     [
@@ -101,7 +127,10 @@ def test_a_stream_that_ends_early_stops_the_job_and_frees_its_thread(
     ending: str, job_style: str, worker: str
 ) -> None:
     limiter = anyio.CapacityLimiter(3)
-    job = Endless(polls=job_style == "polls")
+    shutdown = ending == "server shuts down"
+    job: Endless | BurstThenQuiet = (
+        BurstThenQuiet(20) if shutdown else Endless(polls=job_style == "polls")
+    )
 
     with serve(EventStream(Job(job), limiter=limiter), backend=worker) as server:
         with (
@@ -111,12 +140,13 @@ def test_a_stream_that_ends_early_stops_the_job_and_frees_its_thread(
             events = source.iter_sse()
             first = next(events)
             assert first.event == "progress"
-            if ending == "server shuts down":
+            if shutdown:
+                burst = [first] + [next(events) for _ in range(19)]  # all of it, then quiet
                 server.stop()  # as SIGTERM would, with the stream open
                 assert job.stopped.wait(BOUND), "the job outlived the server"
                 # The server gave up on the stream; its last event says why, and the
                 # stream ends cleanly (no completed event claims the job succeeded).
-                received = [first, *events]
+                received = [*burst, *events]
                 assert {e.event for e in received[:-1]} == {"progress"}
                 assert (received[-1].event, received[-1].json()) == (
                     "error",
