@@ -29,22 +29,28 @@ def _encode_item(encoder: Encoder, item: Any) -> bytes:
 
 
 class _ItemsRun(BaseRun):
-    """A sync iterable, consumed in a worker thread."""
+    """An iterable's items as events: a sync iterable in a worker thread, an
+    async one in the event loop."""
 
     __slots__ = ("items",)
 
-    def __init__(self, items: Iterable[Any], channel: Channel, options: RunOptions) -> None:
+    def __init__(
+        self, items: Iterable[Any] | AsyncIterable[Any], channel: Channel, options: RunOptions
+    ) -> None:
         super().__init__(channel, options)
         self.items = items
 
     async def _produce(self, limiter: CapacityLimiter) -> Any:
-        return await to_thread.run_sync(self._drain, limiter=limiter)
+        if isinstance(self.items, AsyncIterable):
+            await self._consume(self.items)
+            return None
+        return await to_thread.run_sync(self._drain, self.items, limiter=limiter)
 
-    def _drain(self) -> Any:
+    def _drain(self, items: Iterable[Any]) -> Any:
         """Return a generator's return value, for the ``completed`` event."""
         channel, encoder = self.channel, self.options.encoder
         with carried():
-            iterator = iter(self.items)
+            iterator = iter(items)
             try:
                 while not channel.cancelled:
                     try:
@@ -58,24 +64,14 @@ class _ItemsRun(BaseRun):
                 if close is not None:
                     close()  # run the generator's finally blocks here, not at GC
 
-
-class _AsyncItemsRun(BaseRun):
-    """An async iterable, consumed in the event loop."""
-
-    __slots__ = ("items",)
-
-    def __init__(self, items: AsyncIterable[Any], channel: Channel, options: RunOptions) -> None:
-        super().__init__(channel, options)
-        self.items = items
-
-    async def _produce(self, limiter: CapacityLimiter) -> None:
+    async def _consume(self, items: AsyncIterable[Any]) -> None:
         """In the event loop, the loop's own cancellation and a signal's
         ``KeyboardInterrupt`` or ``SystemExit`` must go on; any other
         ``BaseException`` is the source's."""
         channel, encoder = self.channel, self.options.encoder
         with carried(KeyboardInterrupt, SystemExit, get_cancelled_exc_class()):
-            async with _aclosing(self.items) as items:
-                async for item in items:
+            async with _aclosing(items) as each:
+                async for item in each:
                     await channel.aput(_encode_item(encoder, item))
 
 
@@ -93,8 +89,6 @@ class _Items:
     async def open(
         self, scope: Mapping[str, Any], channel: Channel, options: RunOptions
     ) -> BaseRun:
-        if isinstance(self.items, AsyncIterable):
-            return _AsyncItemsRun(self.items, channel, options)
         return _ItemsRun(self.items, channel, options)
 
 
