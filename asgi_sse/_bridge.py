@@ -181,13 +181,19 @@ class Channel:
             self._stop = self._stop or _ENDED
         self._wake()
 
-    def end(self, last: Callable[[], bytes | None]) -> None:
+    def end(self, last: Callable[[], bytes | None], *, early: bool = True) -> None:
         """From the loop: stop the producers now, but deliver what they have put
-        so far and then ``last()`` (a stream ended early, e.g. at shutdown).
-        ``last`` is called once no producer can add a chunk, so the last event
-        cannot be overtaken, nor its id taken, by one of theirs."""
-        if self._halt("the event stream was ended early"):
+        so far and then ``last()``: a stream ended early (shutdown), or, with
+        ``early=False``, a job's own end. ``last`` is called once no producer
+        can add a chunk (one waiting for room is woken and refused first), so
+        the last event cannot be overtaken, nor its id taken, by one of theirs."""
+        if self._halt("the event stream was ended early" if early else _ENDED):
             self.close(last())
+
+    @property
+    def closed(self) -> bool:
+        """True once the last chunk is in: nothing comes after the batch."""
+        return self._closed
 
     def take_rest(self) -> list[bytes]:
         """From the loop, when the stream must end now: stop the producers and

@@ -107,8 +107,7 @@ class Exchange:
             self.channel.end(self.run.farewell)
 
     def leave(self) -> None:
-        """Give up the place among the app's streams (at most once)."""
-        ticket, self.ticket = self.ticket, None
+        ticket, self.ticket = self.ticket, None  # (at most once)
         if ticket is not None and self.hub is not None:
             self.hub.leave(ticket)
 
@@ -130,14 +129,13 @@ class Exchange:
                 await answer(self.scope, receive, send)
                 return
             start = {"type": "http.response.start", "status": 200, "headers": self.stream.headers}
-            if not await self._send(send, start):
-                return
             async with create_task_group() as tg:
                 self._cancel = tg.cancel_scope
-                tg.start_soon(self._produce)
-                tg.start_soon(self._listen, receive)
+                tg.start_soon(self._listen, receive)  # first: every send is timed
                 try:
-                    await self._send_all(send)
+                    if await self._send(send, start):
+                        tg.start_soon(self._produce)
+                        await self._send_all(send)
                 finally:
                     # Tell the job before the task group waits for its thread.
                     self.channel.cancel()
@@ -177,7 +175,8 @@ class Exchange:
         await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send(self, send: Send, message: dict[str, object]) -> bool:
-        """False for a connection the server says is closed."""
+        """Send, timed; False for a connection the server says is closed."""
+        self.timer.busy, self.timer.sent_at = True, monotonic()
         try:
             await send(message)
         except OSError as exc:  # ASGI: a server may raise it for a closed connection
@@ -186,6 +185,7 @@ class Exchange:
         except BaseException:
             self.behind = True
             raise
+        self.timer.busy = False
         return True
 
     async def _farewell(self, send: Send) -> None:
@@ -193,12 +193,16 @@ class Exchange:
         no client takes the cut for a finished job. Briefly, and not to a client
         cut off mid-send (behind): shutdown must not wait on slow readers."""
         assert self.run is not None
+        ended = self.channel.closed  # its terminal event is among the rest already
         rest = self.channel.take_rest()
-        last = self.run.farewell()
+        last = None if ended else self.run.farewell()
         if last is not None:
             rest.append(last)
         with move_on_after(FAREWELL_TIMEOUT, shield=True):
-            await send({"type": "http.response.body", "body": b"".join(rest)})
+            try:
+                await send({"type": "http.response.body", "body": b"".join(rest)})
+            except OSError as exc:  # the client has gone too: the cancellation goes on
+                logger.debug("event stream farewell failed: %r", exc)
 
     @asynccontextmanager
     async def body(self) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -224,7 +228,7 @@ class Exchange:
         finally:
             self.leave()
 
-    def __aiter__(self) -> Exchange:
+    def __aiter__(self) -> Exchange:  # the body door's chunks
         return self
 
     async def __anext__(self) -> bytes:
@@ -284,12 +288,8 @@ class Exchange:
         return False
 
     def _disconnected(self) -> None:
-        if self.ended:
-            # The last message is on its way: a disconnect now is no news, and
-            # cancelling would land inside that send (hypercorn's trio worker
-            # delivers the disconnect from within it, and would leave the
-            # connection open).
-            return
+        if self.ended:  # the last message is on its way: no news, and a cancel would land
+            return  # inside it (hypercorn-trio delivers it from there, leaving the socket open)
         if self.hub is not None:
             self.hub.disconnects += 1
         self.give_up()

@@ -207,8 +207,15 @@ class BaseRun:
             self._close(self._completed, result)
 
     def _close(self, last: Callable[[Any, int | None], bytes], value: Any) -> None:
-        with self._numbering() as next_id:
-            self.channel.close(last(value, next_id))
+        """Close with the terminal event, numbered after every report: a report
+        still under way in another thread of the job (waiting for room, say)
+        is refused first, or numbering would wait on it, and it on the loop."""
+
+        def terminal() -> bytes:
+            with self._numbering() as next_id:
+                return last(value, next_id)
+
+        self.channel.end(terminal, early=False)
 
     def _completed(self, result: Any, next_id: int | None) -> bytes:
         try:
