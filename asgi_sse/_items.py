@@ -15,7 +15,7 @@ from ._bridge import Channel
 from ._encoder import Encoder
 from ._events import ServerSentEvent
 from ._exceptions import JobCancelled
-from ._run import BaseRun, RunOptions, Source, carried
+from ._run import BaseRun, RunOptions, Source, carried, describe
 
 __all__ = ["as_source"]
 
@@ -35,9 +35,13 @@ class _ItemsRun(BaseRun):
     __slots__ = ("items",)
 
     def __init__(
-        self, items: Iterable[Any] | AsyncIterable[Any], channel: Channel, options: RunOptions
+        self,
+        items: Iterable[Any] | AsyncIterable[Any],
+        channel: Channel,
+        options: RunOptions,
+        what: str,
     ) -> None:
-        super().__init__(channel, options)
+        super().__init__(channel, options, what)
         self.items = items
 
     async def _produce(self, limiter: CapacityLimiter) -> Any:
@@ -89,7 +93,7 @@ class _Items:
     async def open(
         self, scope: Mapping[str, Any], channel: Channel, options: RunOptions
     ) -> BaseRun:
-        return _ItemsRun(self.items, channel, options)
+        return _ItemsRun(self.items, channel, options, describe(self.items, scope))
 
 
 def as_source(source: Any) -> Source:

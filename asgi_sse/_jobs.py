@@ -20,7 +20,7 @@ from anyio import CapacityLimiter, to_thread
 from ._bridge import Channel
 from ._encoder import Encoder
 from ._exceptions import JobCancelled
-from ._run import BaseRun, RunOptions, carried
+from ._run import BaseRun, RunOptions, carried, describe
 
 __all__ = ["Job", "JobRun", "Reporter"]
 
@@ -55,7 +55,7 @@ class Job(Generic[T]):
         return f"Job({getattr(self.func, '__qualname__', self.func)!r})"
 
     async def open(self, scope: Mapping[str, Any], channel: Channel, options: RunOptions) -> JobRun:
-        return JobRun(self, channel, options)
+        return JobRun(self, channel, options, describe(self, scope))
 
 
 def _name(func: Callable[..., Any]) -> str:
@@ -147,9 +147,9 @@ class JobRun(BaseRun):
     __slots__ = ("_log", "job", "reporter")
 
     def __init__(
-        self, job: Job[Any], channel: Channel, options: RunOptions, *, log: bool = False
+        self, job: Job[Any], channel: Channel, options: RunOptions, what: str, *, log: bool = False
     ) -> None:
-        super().__init__(channel, options)
+        super().__init__(channel, options, what)
         self.job = job
         self.reporter = Reporter(channel, options.encoder)
         self._log = log

@@ -36,6 +36,7 @@ __all__ = [
     "default_encoder",
     "default_error_data",
     "default_limiter",
+    "describe",
 ]
 
 logger = logging.getLogger("asgi_sse")
@@ -155,6 +156,12 @@ def carried(*passing: type[BaseException]) -> Iterator[None]:
         raise Raised(exc) from exc
 
 
+def describe(source: object, scope: Mapping[str, Any]) -> str:
+    """A run's name in the log: its source and the request it serves."""
+    method, path = scope.get("method", ""), scope.get("path", "")
+    return f"event stream {source!r} for {method} {path}".rstrip()
+
+
 def default_error_data(exc: BaseException) -> Any:
     """Name the error, and nothing else: messages can hold secrets."""
     return {"type": type(exc).__name__}
@@ -165,11 +172,12 @@ class BaseRun:
     numbered after the run's own when it numbers them."""
 
     takes_slot: ClassVar[bool] = True
-    __slots__ = ("channel", "options")
+    __slots__ = ("channel", "options", "what")
 
-    def __init__(self, channel: Channel, options: RunOptions) -> None:
+    def __init__(self, channel: Channel, options: RunOptions, what: str) -> None:
         self.channel = channel
         self.options = options
+        self.what = what  # for the log: which job, for which request
 
     async def _produce(self, limiter: CapacityLimiter) -> Any:
         raise NotImplementedError
@@ -194,14 +202,14 @@ class BaseRun:
             if channel.cancelled:
                 return  # nobody is listening: nothing to say, nobody to say it to
             # The job raised it itself while the client still listens: an error like any other.
-            logger.error("event stream job raised JobCancelled itself", exc_info=exc)
+            logger.error("%s raised JobCancelled itself", self.what, exc_info=exc)
             self._close(self._error, exc)
         except Exception as exc:
             failure = exc.exc if isinstance(exc, Raised) else exc
             if channel.cancelled:
-                logger.error("event stream job failed after its client left", exc_info=failure)
+                logger.error("%s failed after its client left", self.what, exc_info=failure)
                 return
-            logger.error("event stream job failed", exc_info=failure)
+            logger.error("%s failed", self.what, exc_info=failure)
             self._close(self._error, failure)
         else:
             self._close(self._completed, result)
@@ -221,7 +229,7 @@ class BaseRun:
         try:
             return self.options.encoder.message("completed", next_id, result)
         except Exception as exc:  # the result cannot be encoded, not even as str()
-            logger.error("event stream result could not be encoded", exc_info=exc)
+            logger.error("%s: its result could not be encoded", self.what, exc_info=exc)
             return self._error(exc, next_id)
 
     def _error(self, exc: BaseException, next_id: int | None) -> bytes:

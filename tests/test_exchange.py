@@ -49,7 +49,7 @@ async def test_a_report_still_waiting_for_room_as_its_job_returns_is_refused() -
         return "done"
 
     channel = Channel(200)
-    run = JobRun(Job(job), channel, RunOptions(max_buffer_bytes=200))
+    run = JobRun(Job(job), channel, RunOptions(max_buffer_bytes=200), "a test job")
     with anyio.fail_after(BOUND):
         await run(anyio.CapacityLimiter(2))
     events = parse(b"".join(channel.take_rest()))
@@ -149,3 +149,29 @@ async def test_a_cancel_landing_as_the_job_ends_sends_its_end_once(
         await task
     body = b"".join(m.get("body", b"") for m in sent)
     assert [(e["event"], e["id"]) for e in parse(body)] == [("progress", "1"), ("completed", "2")]
+
+
+async def test_the_log_says_which_job_failed_and_for_which_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def build_report(on_progress: Reporter) -> None:
+        raise KeyError("secret")
+
+    async def receive() -> Message:
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/reports/7/events", "headers": []}
+    with anyio.fail_after(BOUND):
+        await EventStream(Job(build_report), heartbeat=None)(scope, receive, send)
+    (record,) = [r for r in caplog.records if r.name == "asgi_sse"]
+    assert record.getMessage() == (
+        "event stream Job('test_the_log_says_which_job_failed_and_for_which_request"
+        ".<locals>.build_report') for GET /reports/7/events failed"
+    )
+    assert "secret" not in b"".join(m.get("body", b"") for m in sent).decode()

@@ -14,9 +14,14 @@ import itertools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from litestar import Response
-from litestar.response.base import ASGIResponse
-from litestar.serialization import get_serializer
+try:
+    from litestar import Response
+    from litestar.response.base import ASGIResponse
+    from litestar.serialization import get_serializer
+except ImportError:  # the message is the point
+    raise ImportError(
+        "asgi_sse_litestar needs Litestar: pip install 'asgi-sse[litestar]'"
+    ) from None
 
 from asgi_sse import Encoder, EventStream, Source, StreamOptions
 

@@ -13,8 +13,11 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from quart import Response, request
-from quart.wrappers.response import ResponseBody
+try:
+    from quart import Response, request
+    from quart.wrappers.response import ResponseBody
+except ImportError:  # the message is the point
+    raise ImportError("asgi_sse_quart needs Quart: pip install 'asgi-sse[quart]'") from None
 
 from asgi_sse import EventStream, Headers, Refusal, Source, StreamOptions
 from asgi_sse.resumable import Watch

@@ -11,9 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
-from starlette.background import BackgroundTask
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+try:
+    from starlette.background import BackgroundTask
+    from starlette.responses import Response
+    from starlette.types import Receive, Scope, Send
+except ImportError:  # the message is the point
+    raise ImportError(
+        "asgi_sse_starlette needs Starlette: pip install 'asgi-sse[starlette]' (or [fastapi])"
+    ) from None
 
 from asgi_sse import EventStream, Source, StreamOptions
 

@@ -200,7 +200,9 @@ class Jobs:
         async with self.backend.publishing(job_id):
             task_status.started()
             channel = Channel(self.options.max_buffer_bytes)
-            run = self._running[job_id] = JobRun(job, channel, self.options, log=True)
+            run = self._running[job_id] = JobRun(
+                job, channel, self.options, f"resumable job {job_id} ({job!r})", log=True
+            )
             try:
                 async with create_task_group() as tg:
                     tg.start_soon(self._source, run)
