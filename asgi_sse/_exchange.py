@@ -28,13 +28,12 @@ from anyio import (
     move_on_after,
     sleep,
 )
-from anyio.lowlevel import checkpoint
 
 from ._bridge import Channel
 from ._encoder import HEARTBEAT
 from ._http import Receive, Refusal, Scope, Send, refusal
 from ._hub import Hub, Ticket
-from ._run import Run, default_limiter
+from ._run import Run, run_under
 from ._timer import Due, Timer
 
 if TYPE_CHECKING:
@@ -144,27 +143,15 @@ class Exchange:
             self.leave()
 
     async def _send_all(self, send: Send) -> None:
-        receive, hub, timer = self.channel.receive, self.hub, self.timer
         try:
             while True:
                 try:
-                    batch = await receive()
+                    body = await self._next_body()
                 except EndOfStream:
                     break
-                if hub is not None:
-                    hub.events_sent += len(batch) - batch.count(HEARTBEAT)
-                body = batch[0] if len(batch) == 1 else b"".join(batch)
-                # Timer.sending() and .sent(), and _send(), inline: the hot path.
-                timer.busy, timer.sent_at = True, monotonic()
-                try:
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                except OSError as exc:
-                    logger.debug("event stream send failed: %r", exc)
+                message = {"type": "http.response.body", "body": body, "more_body": True}
+                if not await self._send(send, message):
                     return
-                except BaseException:
-                    self.behind = True
-                    raise
-                timer.busy = False
         except get_cancelled_exc_class():
             if not self.ended and not self.behind:
                 await self._farewell(send)
@@ -174,9 +161,16 @@ class Exchange:
         self.ended = True
         await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
 
+    async def _next_body(self) -> bytes:
+        """The channel's next batch as one body: a burst of events leaves in one send."""
+        batch = await self.channel.receive()
+        if self.hub is not None:
+            self.hub.events_sent += len(batch) - batch.count(HEARTBEAT)
+        return batch[0] if len(batch) == 1 else b"".join(batch)
+
     async def _send(self, send: Send, message: dict[str, object]) -> bool:
         """Send, timed; False for a connection the server says is closed."""
-        self.timer.busy, self.timer.sent_at = True, monotonic()
+        self.timer.sending(monotonic())
         try:
             await send(message)
         except OSError as exc:  # ASGI: a server may raise it for a closed connection
@@ -185,7 +179,7 @@ class Exchange:
         except BaseException:
             self.behind = True
             raise
-        self.timer.busy = False
+        self.timer.sent()
         return True
 
     async def _farewell(self, send: Send) -> None:
@@ -234,27 +228,16 @@ class Exchange:
     async def __anext__(self) -> bytes:
         self.timer.sent()
         try:
-            batch = await self.channel.receive()
+            body = await self._next_body()
         except EndOfStream:
             raise StopAsyncIteration from None
-        if self.hub is not None:
-            self.hub.events_sent += len(batch) - batch.count(HEARTBEAT)
         self.timer.sending(monotonic())
-        return batch[0] if len(batch) == 1 else b"".join(batch)
+        return body
 
     async def _produce(self) -> None:
-        run, hub, ticket = self.run, self.hub, self.ticket
-        assert run is not None
-        limiter = self.stream.options.limiter or (default_limiter() if hub is None else hub.limiter)
-        if hub is None or ticket is None or not run.takes_slot:
-            await run(limiter)
-        else:
-            async with hub.slot(ticket, run.queued):
-                # It may have waited in line: is its client still there? (A
-                # disconnect that came with the slot is seen first.)
-                await checkpoint()
-                if not self.channel.cancelled:
-                    await run(limiter)
+        assert self.run is not None
+        limiter = self.stream.options.limiter
+        await run_under(self.run, self.channel, limiter, self.hub, self.ticket)
 
     async def _listen(self, receive: Receive | None) -> None:
         """Wait for the client to leave (the ASGI door) or for the timer,

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from anyio import CapacityLimiter
-from anyio.lowlevel import RunVar
+from anyio.lowlevel import RunVar, checkpoint
 
 from ._bridge import Channel
 from ._encoder import Encoder
 from ._exceptions import JobCancelled
 from ._http import Refusal
+from ._hub import Hub, Ticket
 
 __all__ = [
     "DEFAULT_BUFFER_BYTES",
@@ -37,6 +38,7 @@ __all__ = [
     "default_error_data",
     "default_limiter",
     "describe",
+    "run_under",
 ]
 
 logger = logging.getLogger("asgi_sse")
@@ -154,6 +156,31 @@ def carried(*passing: type[BaseException]) -> Iterator[None]:
         raise
     except BaseException as exc:
         raise Raised(exc) from exc
+
+
+async def run_under(
+    run: Run,
+    channel: Channel,
+    limiter: CapacityLimiter | None,
+    hub: Hub | None,
+    ticket: Ticket | None,
+) -> None:
+    """Run under the app's policy, if there is one: its limiter (unless given
+    one), and, for a run that takes one, a slot waited for in line (told its
+    place through ``run.queued``). ``ticket`` None: no slot to wait for."""
+    if hub is None:
+        await run(limiter or default_limiter())
+        return
+    limiter = limiter or hub.limiter
+    if ticket is None or not run.takes_slot:
+        await run(limiter)
+        return
+    async with hub.slot(ticket, run.queued):
+        # It may have waited in line: is its client still there? (A disconnect
+        # that came with the slot is seen first.)
+        await checkpoint()
+        if not channel.cancelled:
+            await run(limiter)
 
 
 def describe(source: object, scope: Mapping[str, Any]) -> str:

@@ -40,7 +40,7 @@ from .._run import (
     SHUTDOWN_ERROR,
     RunOptions,
     default_encoder,
-    default_limiter,
+    run_under,
 )
 from ._log import Retention, Trimmer, check_job_id, new_job_id
 from ._store import Backend, JobExists, JobLost, MemoryBackend, retrying
@@ -244,13 +244,8 @@ class Jobs:
     async def _source(self, run: JobRun) -> None:
         """Under the app's policy, if any: its limiter, and a slot waited for in
         line like a stream's (the log says ``queued``)."""
-        hub, limiter = self._hub, self.options.limiter
-        if hub is None:
-            await run(limiter or default_limiter())
-            return
-        async with hub.slot(Ticket(), run.queued):
-            if not run.channel.cancelled:
-                await run(limiter or hub.limiter)
+        ticket = None if self._hub is None else Ticket()  # in line, not among the streams
+        await run_under(run, run.channel, self.options.limiter, self._hub, ticket)
 
     async def _publish(self, job_id: str, channel: Channel, trimmer: Trimmer) -> int:
         """Append every batch the job makes; return the last (terminal) id.
