@@ -38,6 +38,7 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/report.py
+	$(BIN)/python benchmarks/servers.py
 	$(BIN)/python benchmarks/inprocess.py
 	$(BIN)/python benchmarks/inprocess.py --anyio
 	$(BIN)/python benchmarks/idle.py

@@ -88,7 +88,7 @@ class Hub:
         self._open: set[Ticket] = set()
         self._waiting: deque[Ticket] = deque()
         self._running = 0
-        self._all_closed: Event | None = None
+        self._idle: Event | None = None
         self.events_sent = 0
         self.disconnects = 0
         self.send_timeouts = 0
@@ -131,16 +131,24 @@ class Hub:
 
     def leave(self, ticket: Ticket) -> None:
         self._open.discard(ticket)
-        if not self._open and self._all_closed is not None:
-            self._all_closed.set()
-            self._all_closed = None
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if not (self._open or self._running) and self._idle is not None:
+            self._idle.set()
+            self._idle = None
 
     async def idle(self) -> None:
-        """Return once no stream is open (at once, if none is)."""
-        while self._open:
-            if self._all_closed is None:
-                self._all_closed = Event()
-            await self._all_closed.wait()
+        """Return once no stream is open and no job holds a slot (at once, if so).
+
+        Both: a stream can leave before its job returns (a client that left, a
+        server that cancelled the request natively, which no anyio shield stops),
+        and shutdown must wait for the job's thread too.
+        """
+        while self._open or self._running:
+            if self._idle is None:
+                self._idle = Event()
+            await self._idle.wait()
 
     @asynccontextmanager
     async def slot(self, ticket: Ticket, on_position: Callable[[int], None]) -> AsyncIterator[None]:
@@ -178,6 +186,7 @@ class Hub:
             self._announce()
         else:
             self._running -= 1
+            self._maybe_idle()
 
     def _announce(self) -> None:
         for place, ticket in enumerate(self._waiting, start=1):
@@ -193,10 +202,12 @@ class Hub:
             ticket.end()
         with move_on_after(grace):
             await self.idle()
-        if self._open:
+        if self._open or self._running:
             logger.warning(
-                "%d event stream(s) still open %ss after shutdown began: their jobs"
-                " have not returned (a job must report or check on_progress.cancelled)",
+                "%d event stream(s) open and %d job(s) running %ss after shutdown began:"
+                " their jobs have not returned (a job must report or check"
+                " on_progress.cancelled)",
                 len(self._open),
+                self._running,
                 grace,
             )

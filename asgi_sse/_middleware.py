@@ -11,19 +11,24 @@ cancelled so sends its final event before it goes (see ``_response``). What is
 left for ``lifespan.shutdown`` is to end any stream still open, refuse new ones
 and wait, within a bound, for jobs to return. An app that can act earlier (a
 ``shutdown_trigger`` of hypercorn's ``serve``, an admin endpoint) calls
-:meth:`EventStreamMiddleware.shutdown` itself.
+:meth:`EventStreamMiddleware.shutdown` itself. Where the server waits on open
+responses before it tells the app anything (uvicorn without a graceful timeout,
+granian, hypercorn over HTTP/2), ``shutdown_signals`` hears the signal first
+(see ``_signals``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
-from anyio import CapacityLimiter
+from anyio import CapacityLimiter, create_task_group
 
 from ._http import ASGIApp, Message, Receive, Scope, Send, answer_lifespan
 from ._hub import SCOPE_KEY, Governed, Hub, Stats
 from ._run import DEFAULT_THREADS
+from ._signals import chained
 
 __all__ = ["EventStreamMiddleware"]
 
@@ -49,6 +54,10 @@ class EventStreamMiddleware:
     - ``jobs``: resumable jobs (:class:`asgi_sse.resumable.Jobs`) to run under
       the same policy: its thread limiter, and its slots, for which they wait
       in line like streams (their watchers are told their place).
+    - ``shutdown_signals``: signals (``(signal.SIGTERM, signal.SIGINT)``) on which
+      each worker process runs :meth:`shutdown` at once, before handing them on to
+      the server's own handlers, for servers that otherwise wait on open streams
+      for ever. Installed at lifespan startup, removed at its shutdown.
     """
 
     def __init__(
@@ -61,12 +70,14 @@ class EventStreamMiddleware:
         retry_after: int = 5,
         shutdown_grace: float = 5.0,
         jobs: Governed | None = None,
+        shutdown_signals: Collection[int] = (),
     ) -> None:
         self.app = app
         self._hub = Hub(
             max_streams=max_streams, queue=queue, threads=threads, retry_after=retry_after
         )
         self.shutdown_grace = shutdown_grace
+        self.shutdown_signals = tuple(shutdown_signals)
         if jobs is not None:
             jobs.govern_by(self._hub)
 
@@ -93,6 +104,16 @@ class EventStreamMiddleware:
         await self.app({**scope, SCOPE_KEY: self._hub}, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.shutdown_signals:
+            await self._speak_lifespan(scope, receive, send)
+            return
+        with chained(self.shutdown_signals, self.shutdown) as on_signal:
+            async with create_task_group() as tg:
+                tg.start_soon(on_signal)
+                await self._speak_lifespan(scope, receive, send)
+                tg.cancel_scope.cancel()
+
+    async def _speak_lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         received = False
 
         async def receive_and_act() -> Message:

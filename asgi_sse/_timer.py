@@ -48,9 +48,10 @@ class Timer:
         """Seconds until there may be something to do."""
         heartbeat, limit = self.heartbeat, self.limit
         if self.busy:
-            if limit is not None:
-                return max(self.sent_at + limit - now, 0.0)
-            return inf if heartbeat is None else heartbeat  # look again then
+            # Its deadline, or a heartbeat from now if sooner: nothing wakes the
+            # timer when the send ends, and a silence may follow it.
+            deadline = inf if limit is None else max(self.sent_at + limit - now, 0.0)
+            return deadline if heartbeat is None else min(deadline, heartbeat)
         due = inf if heartbeat is None else self.sent_at + heartbeat - now
         if limit is not None:
             due = min(due, limit)  # a send may begin at any moment

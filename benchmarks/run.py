@@ -4,12 +4,12 @@
     python benchmarks/run.py --smoke          # tiny sizes, proves the harness (make test)
     python benchmarks/run.py --scenarios A C1 --only floor asgi_sse --runs 5
 
-Each implementation is served by hypercorn (one worker, asyncio) in a fresh
-process per scenario, pinned to core 0; this process is the client, on core 1.
-Server CPU and memory come from /proc, so they cover the whole server process.
-Every run is bounded by its scenario's deadline; what has not finished by then
-is cut and counted as unfinished. ``report.py`` turns the JSON into tables and
-charts.
+Each implementation is served by hypercorn (one worker, asyncio; or by uvicorn
+or granian: ``--server``, and benchmarks/servers.py) in a fresh process per
+scenario, pinned to core 0; this process is the client, on core 1. Server CPU
+and memory come from /proc, so they cover the whole server process. Every run
+is bounded by its scenario's deadline; what has not finished by then is cut and
+counted as unfinished. ``report.py`` turns the JSON into tables and charts.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -160,33 +161,76 @@ PINNED = {0, 1} <= os.sched_getaffinity(0) and shutil.which("taskset") is not No
 
 
 @contextmanager
-def _server(command: list[str], env: dict[str, str] | None = None) -> Iterator[tuple[int, int]]:
-    """``command`` (with ``{fd}`` for the socket) on a socket bound here, pinned to
-    core 0, in its own process group: yields (port, pid). Clients may connect at once."""
+def _server(
+    command: list[str], env: dict[str, str] | None = None, ready: str | None = None
+) -> Iterator[tuple[int, int]]:
+    """``command`` (with ``{fd}`` for a socket bound here, or ``{port}`` for a free
+    port it binds itself) pinned to core 0, in its own process group: yields (port,
+    pid). On a socket bound here clients may connect at once; a server that binds
+    its own is waited for until its log has the line ``ready``."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(2048)
+    port = sock.getsockname()[1]
+    if ready is not None:
+        sock.close()  # the server binds the port itself
     pin = ["taskset", "-c", "0"] if PINNED else []
     server = subprocess.Popen(
-        [*pin, *(part.format(fd=sock.fileno()) for part in command)],
+        [*pin, *(part.format(fd=sock.fileno(), port=port) for part in command)],
         cwd=ROOT,
-        pass_fds=[sock.fileno()],
+        pass_fds=[] if ready is not None else [sock.fileno()],
         env=None if env is None else os.environ | env,
+        stdout=None if ready is None else subprocess.PIPE,
+        stderr=None if ready is None else subprocess.STDOUT,
         start_new_session=True,  # stopped with its worker
     )
-    port = sock.getsockname()[1]
     sock.close()
     try:
+        if ready is not None:
+            _wait_for_line(server, ready)
         yield port, server.pid
     finally:
         _stop(server)
 
 
-def serve(name: str, threads: int) -> AbstractContextManager[tuple[int, int]]:
-    """hypercorn (one worker) serving ``name``: yields (port, pid)."""
-    command = [sys.executable, "-m", "hypercorn", f"benchmarks.{MODULES[name]}:{name}"]
-    command += ["--workers", "1", "--backlog", "2048", "--log-level", "WARNING"]
-    return _server([*command, "--bind", "fd://{fd}"], {"BENCH_THREADS": str(threads)})
+def _wait_for_line(server: subprocess.Popen[bytes], ready: str) -> None:
+    """Read the server's log until ``ready``; then keep draining it, so it never blocks."""
+    assert server.stdout is not None
+    for line in iter(server.stdout.readline, b""):
+        if ready.encode() in line:
+            threading.Thread(target=server.stdout.read, daemon=True).start()
+            return
+    raise RuntimeError(f"the server exited before it printed {ready!r}")
+
+
+#: How each server's command line serves ``{app}``: the options users run it with
+#: in production (one worker, no access log), and the backlog for 1000 streams;
+#: then the log line a server that binds its own port prints once it listens.
+SERVERS: dict[str, tuple[list[str], str | None]] = {
+    "hypercorn": (
+        ["-m", "hypercorn", "{app}", "--workers", "1", "--backlog", "2048", "--log-level",
+         "WARNING", "--bind", "fd://{fd}"],
+        None,
+    ),
+    "uvicorn": (
+        ["-m", "uvicorn", "{app}", "--fd", "{fd}", "--backlog", "2048", "--log-level", "warning",
+         "--no-access-log"],
+        None,
+    ),
+    "granian": (
+        ["-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", "{port}",
+         "--backlog", "2048", "{app}"],
+        "Started worker-1",
+    ),
+}  # fmt: skip
+
+
+def serve(server: str, name: str, threads: int) -> AbstractContextManager[tuple[int, int]]:
+    """``server`` (one worker) serving ``name``: yields (port, pid)."""
+    command, ready = SERVERS[server]
+    app = f"benchmarks.{MODULES[name]}:{name}"
+    command = [sys.executable, *(part.replace("{app}", app) for part in command)]
+    return _server(command, {"BENCH_THREADS": str(threads)}, ready)
 
 
 def _stop(server: subprocess.Popen[bytes]) -> None:
@@ -230,7 +274,7 @@ def summarise(scenario: Scenario, streams: list[Stream]) -> dict[str, Any]:
         "disorder": sum(s.disorder for s in streams),
         "unfinished": sum(not s.completed for s in streams),
         "abandoned": sum(s.abandoned for s in streams),
-        "not_200": sum(not s.status.startswith(b"HTTP/1.1 200") for s in streams),
+        "not_200": sum(s.status.split(b" ")[1:2] != [b"200"] for s in streams),  # 1.0 or 1.1
         "errors": sorted({s.error for s in streams if s.error})[:3],
         "bytes": sum(s.bytes for s in streams),
         "wall_s": (max(s.ended for s in streams) - min(s.started for s in streams)) / 1e9,
@@ -288,10 +332,10 @@ async def one_run(scenario: Scenario, port: int, pid: int) -> dict[str, Any]:
     }
 
 
-def measure(scenario: Scenario, name: str, index: int, runs: int) -> dict[str, Any]:
+def measure(scenario: Scenario, name: str, index: int, runs: int, server: str) -> dict[str, Any]:
     """One run on a fresh server (so no run inherits another's memory), after a
     warm-up stream."""
-    with serve(name, scenario.threads) as (port, pid):
+    with serve(server, name, scenario.threads) as (port, pid):
         (warm,) = asyncio.run(load(port, "/?n=200", streams=1, n=200, deadline=30))
         if not warm.completed:
             raise RuntimeError(f"{name} failed its warm-up stream: {warm.error or warm.status!r}")
@@ -332,10 +376,11 @@ def calibrate(events: int, streams: int) -> dict[str, Any]:
     }
 
 
-def meta(argv: list[str], smoke: bool) -> dict[str, Any]:
-    packages = ["hypercorn", "anyio", "msgspec", "starlette", "fastapi", "sse-starlette"]
-    packages += ["litestar", "quart", "asgi-sse"]
+def meta(argv: list[str], smoke: bool, server: str) -> dict[str, Any]:
+    packages = ["hypercorn", "uvicorn", "granian", "anyio", "msgspec", "starlette", "fastapi"]
+    packages += ["sse-starlette", "litestar", "quart", "asgi-sse"]
     return {
+        "server": server,
         "command": " ".join(["python", "benchmarks/run.py", *argv]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "smoke": smoke,
@@ -353,6 +398,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=list(MODULES), default=list(MODULES))
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run")
+    parser.add_argument("--server", choices=list(SERVERS), default="hypercorn")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/results.json")
     args = parser.parse_args()
     if PINNED:
@@ -371,9 +417,9 @@ def main() -> None:
         scenarios[key] = asdict(scenario)
         names = [name for name in args.only if name in (scenario.only or _ALL)]
         for index in range(runs):  # rounds, so drift over time spreads over every implementation
-            results += [measure(scenario, name, index, runs) for name in names]
+            results += [measure(scenario, name, index, runs, args.server) for name in names]
     document = {
-        "meta": meta(sys.argv[1:], args.smoke),
+        "meta": meta(sys.argv[1:], args.smoke, args.server),
         "scenarios": scenarios,
         "calibration": calibration,
         "runs": results,

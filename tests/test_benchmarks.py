@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from benchmarks.client import Stream, _Reader, firehose_body
+from benchmarks.servers import render
 
 ROOT = Path(__file__).parent.parent
 SCENARIOS = {"A", "B", "B200", "C1", "C50", "D", "E"}
@@ -149,6 +150,26 @@ def test_every_implementation_streams_the_shared_job(tmp_path: Path) -> None:
         # Only the polling bridge may lose events, and then it says how many it left.
         expected_loss = run["abandoned"] if name == "queue_pattern" else 0
         assert run["lost"] == expected_loss, name
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_the_other_servers_serve_every_implementation_the_server_table_compares(
+    tmp_path: Path, server: str
+) -> None:
+    """benchmarks/servers.py puts these side by side with hypercorn's (above)."""
+    names = ["floor", "asgi_sse", "sse_starlette"]
+    document = _run(tmp_path, "--server", server, "--scenarios", "A", "C50", "--only", *names)
+    assert document["meta"]["server"] == server
+    runs = {(run["scenario"], run["name"]): run for run in document["runs"]}
+    assert set(runs) == {(s, name) for s in ("A", "C50") for name in names}
+    for key, run in runs.items():
+        assert run["events"] == run["expected"] > 0, key
+        assert (run["lost"], run["disorder"], run["unfinished"], run["not_200"]) == (0, 0, 0, 0)
+        assert run["rss_before_mib"] > 10, key  # the whole process tree, granian's worker too
+    page = render({server: document})
+    assert f"| A | latency p50 | {server} |" in page
+    assert "lost events" not in page
 
 
 @pytest.mark.timeout(120)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import threading
 from typing import Any
 
@@ -365,53 +364,3 @@ def test_an_app_that_shuts_down_from_its_own_trigger_ends_streams_first(
         gate.open.set()  # this job never reports again: let its thread go
         assert list(events) == []
     assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
-
-
-# -- SIGTERM to hypercorn's own command line ------------------------------------------
-
-HYPERCORN_ASYNCIO_SHUTDOWN = pytest.mark.xfail(
-    strict=True,
-    reason="hypercorn's asyncio worker: on Python 3.11 its own connection task logs the"
-    " CancelledError its graceful timeout raises (a traceback not from asgi-sse); on 3.12+ it"
-    " never cancels open streams (asyncio.Server.wait_closed() waits for every connection)."
-    " Use the trio worker, or end streams from a shutdown_trigger (tested above).",
-)
-
-
-@pytest.mark.parametrize(
-    "worker", ["trio", pytest.param("asyncio", marks=HYPERCORN_ASYNCIO_SHUTDOWN)]
-)
-def test_sigterm_with_streams_open_ends_them_and_exits_promptly(
-    worker: str, hypercorn_cli: Any
-) -> None:
-    proc, url, log, stderr_log = hypercorn_cli(worker)
-    lasts: dict[str, Any] = {}
-    reading = threading.Barrier(3)
-
-    def client(name: str) -> None:
-        with (
-            httpx.Client(timeout=BOUND) as http,
-            connect_sse(http, "GET", f"{url}?name={name}") as s,
-        ):
-            events = s.iter_sse()
-            next(events)
-            reading.wait(BOUND)
-            *_, lasts[name] = events
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in ("a", "b")]
-    for thread in threads:
-        thread.start()
-    reading.wait(BOUND)  # both streams are open and flowing
-    proc.send_signal(signal.SIGTERM)
-    try:
-        assert proc.wait(BOUND) == 0
-    finally:
-        for thread in threads:
-            thread.join(BOUND)
-    stderr = stderr_log.read_text()
-    assert {name: (e.event, e.json()) for name, e in lasts.items()} == {
-        "a": ("error", {"type": "ServerShutdown"}),
-        "b": ("error", {"type": "ServerShutdown"}),
-    }
-    assert sorted(log.read_text().splitlines()) == ["a cancelled", "b cancelled"]
-    assert "Traceback" not in stderr, stderr

@@ -30,8 +30,9 @@ def test_a_send_begun_resets_the_silence() -> None:
 def test_a_send_that_takes_the_send_timeout_gives_up_exactly_then() -> None:
     timer = Timer(heartbeat=15, send_timeout=30, now=0)
     timer.sending(5)
-    assert timer.delay(5) == 30  # while a send is under way, the next look is its deadline
+    assert timer.delay(5) == 15  # a heartbeat on: it looks again then, the send may have ended
     assert timer.due(20) is Due.NOTHING  # no heartbeat while a send is under way
+    assert timer.delay(20) == 15  # then the deadline is next
     assert timer.due(34.9) is Due.NOTHING
     assert timer.due(35) is Due.GIVE_UP
 
@@ -65,3 +66,15 @@ def test_a_heartbeat_alone_looks_again_after_a_heartbeat_while_a_send_is_stuck()
     timer.sending(1)
     assert timer.delay(100) == 5  # no deadline to watch, and no ping during a send
     assert timer.due(100) is Due.NOTHING
+
+
+def test_a_send_that_ends_while_the_timer_sleeps_does_not_hold_back_the_next_heartbeat() -> None:
+    """The stream's first send (its status line) may still be under way when the
+    timer first looks (the trio worker of hypercorn runs them in that order):
+    the first heartbeat is due one heartbeat after it began, not at its deadline."""
+    timer = Timer(heartbeat=0.05, send_timeout=30, now=0)
+    timer.sending(0)
+    wake = timer.delay(0)
+    timer.sent()  # ...while the timer sleeps
+    assert wake == 0.05
+    assert timer.due(wake) is Due.HEARTBEAT
