@@ -9,7 +9,8 @@ that has gone, or block it forever on one that stopped reading (hypercorn does
 both), so disconnect is learnt from ``receive()`` and every send is timed.
 Whatever ends the stream, the job is told to stop, and the exchange returns only
 after its thread has. A stream the server cancels (its graceful shutdown ran
-out) still sends what the job reported and a last ``error`` event, briefly.
+out) still sends what the job reported and a last ``error`` event, briefly, and
+then goes quietly (see ``_shutdown``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ._encoder import HEARTBEAT
 from ._http import Receive, Refusal, Scope, Send, refusal
 from ._hub import Hub, Ticket
 from ._run import Run, run_under
+from ._shutdown import absorb_native_cancel
 from ._timer import Due, Timer
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ class Exchange:
         "_cancel",
         "behind",
         "channel",
+        "complete",
         "ended",
         "hub",
         "run",
@@ -72,6 +75,7 @@ class Exchange:
         self.run: Run | None = None
         self.ended = False  # the client left, or the last message is on its way
         self.behind = False  # a send was cut off before the server took it all
+        self.complete = False  # the response's last message went out
         self.timer = Timer(stream.heartbeat, stream.send_timeout, monotonic())
         self._cancel: CancelScope | None = None
 
@@ -139,6 +143,9 @@ class Exchange:
                     # Tell the job before the task group waits for its thread.
                     self.channel.cancel()
                     tg.cancel_scope.cancel()
+        except get_cancelled_exc_class():
+            if not (self.complete and absorb_native_cancel()):
+                raise
         finally:
             self.leave()
 
@@ -159,7 +166,8 @@ class Exchange:
         if self.ended:
             return  # given up (the client left): the cancellation is on its way
         self.ended = True
-        await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
+        last = {"type": "http.response.body", "body": b"", "more_body": False}
+        self.complete = await self._send(send, last)
 
     async def _next_body(self) -> bytes:
         """The channel's next batch as one body: a burst of events leaves in one send."""
@@ -187,6 +195,7 @@ class Exchange:
         no client takes the cut for a finished job. Briefly, and not to a client
         cut off mid-send (behind): shutdown must not wait on slow readers."""
         assert self.run is not None
+        self.ended = True  # a disconnect now is no news, and must not cut this send
         ended = self.channel.closed  # its terminal event is among the rest already
         rest = self.channel.take_rest()
         last = None if ended else self.run.farewell()
@@ -197,6 +206,8 @@ class Exchange:
                 await send({"type": "http.response.body", "body": b"".join(rest)})
             except OSError as exc:  # the client has gone too: the cancellation goes on
                 logger.debug("event stream farewell failed: %r", exc)
+            else:
+                self.complete = True
 
     @asynccontextmanager
     async def body(self) -> AsyncIterator[AsyncIterator[bytes]]:

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from anyio import CapacityLimiter, Event, move_on_after
+from anyio import CapacityLimiter, Event, current_time, move_on_after
 
 __all__ = ["SCOPE_KEY", "Governed", "Hub", "Stats", "Ticket"]
 
@@ -49,11 +49,12 @@ class Ticket:
     """One admitted stream (or resumable job): how to end it early, and its
     place in line."""
 
-    __slots__ = ("end", "on_position", "position", "turn")
+    __slots__ = ("end", "holding", "on_position", "position", "turn")
 
     def __init__(self) -> None:
         self.end: Callable[[], None] = _nothing_yet
         self.turn: Event | None = None  # set when a slot is handed over
+        self.holding = False  # its job holds a slot
         self.position = 0
         self.on_position: Callable[[int], None] | None = None
 
@@ -86,6 +87,8 @@ class Hub:
         self.limiter = CapacityLimiter(threads)
         self.closing = False
         self._open: set[Ticket] = set()
+        self._draining: set[Ticket] = set()  # streams gone whose jobs still hold a slot
+        self._deadline: float | None = None  # when shutdown stops waiting
         self._waiting: deque[Ticket] = deque()
         self._running = 0
         self._idle: Event | None = None
@@ -131,21 +134,24 @@ class Hub:
 
     def leave(self, ticket: Ticket) -> None:
         self._open.discard(ticket)
+        if ticket.holding:
+            self._draining.add(ticket)
         self._maybe_idle()
 
     def _maybe_idle(self) -> None:
-        if not (self._open or self._running) and self._idle is not None:
+        if not (self._open or self._draining) and self._idle is not None:
             self._idle.set()
             self._idle = None
 
     async def idle(self) -> None:
-        """Return once no stream is open and no job holds a slot (at once, if so).
+        """Return once no stream is open and no stream's job holds a slot.
 
         Both: a stream can leave before its job returns (a client that left, a
         server that cancelled the request natively, which no anyio shield stops),
-        and shutdown must wait for the job's thread too.
+        and shutdown must wait for the job's thread too. (Resumable jobs outlive
+        their requests: their ``Jobs`` waits for them.)
         """
-        while self._open or self._running:
+        while self._open or self._draining:
             if self._idle is None:
                 self._idle = Event()
             await self._idle.wait()
@@ -173,10 +179,14 @@ class Hub:
                 else:  # the slot was handed over as we were cancelled: pass it on
                     self._release()
                 raise
+        ticket.holding = True
         try:
             yield
         finally:
+            ticket.holding = False
+            self._draining.discard(ticket)
             self._release()
+            self._maybe_idle()
 
     def _release(self) -> None:
         if self._waiting:  # hand the slot over: the running count stays the same
@@ -186,7 +196,6 @@ class Hub:
             self._announce()
         else:
             self._running -= 1
-            self._maybe_idle()
 
     def _announce(self) -> None:
         for place, ticket in enumerate(self._waiting, start=1):
@@ -196,18 +205,20 @@ class Hub:
 
     async def shutdown(self, grace: float) -> None:
         """Refuse new streams, end every open one with a final event (which stops
-        its job), and wait up to ``grace`` seconds for them to finish."""
-        self.closing = True
-        for ticket in list(self._open):
-            ticket.end()
-        with move_on_after(grace):
+        its job), and wait up to ``grace`` seconds for them to finish. Called
+        again (a signal, then the lifespan), it waits only for what is left."""
+        first = self._deadline is None
+        if self._deadline is None:
+            self.closing = True
+            self._deadline = current_time() + grace
+            for ticket in list(self._open):
+                ticket.end()
+        with move_on_after(self._deadline - current_time()):
             await self.idle()
-        if self._open or self._running:
+        if first and (self._open or self._draining):
             logger.warning(
-                "%d event stream(s) open and %d job(s) running %ss after shutdown began:"
-                " their jobs have not returned (a job must report or check"
-                " on_progress.cancelled)",
-                len(self._open),
-                self._running,
+                "%d event stream(s) open or finishing %ss after shutdown began: their"
+                " jobs have not returned (a job must report or check on_progress.cancelled)",
+                len(self._open | self._draining),
                 grace,
             )

@@ -14,12 +14,14 @@ and wait, within a bound, for jobs to return. An app that can act earlier (a
 :meth:`EventStreamMiddleware.shutdown` itself. Where the server waits on open
 responses before it tells the app anything (uvicorn without a graceful timeout,
 granian, hypercorn over HTTP/2), ``shutdown_signals`` hears the signal first
-(see ``_signals``).
+(see ``_shutdown``).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Collection
 from typing import Any
 
@@ -28,7 +30,7 @@ from anyio import CapacityLimiter, create_task_group
 from ._http import ASGIApp, Message, Receive, Scope, Send, answer_lifespan
 from ._hub import SCOPE_KEY, Governed, Hub, Stats
 from ._run import DEFAULT_THREADS
-from ._signals import chained
+from ._shutdown import chained
 
 __all__ = ["EventStreamMiddleware"]
 
@@ -55,9 +57,11 @@ class EventStreamMiddleware:
       the same policy: its thread limiter, and its slots, for which they wait
       in line like streams (their watchers are told their place).
     - ``shutdown_signals``: signals (``(signal.SIGTERM, signal.SIGINT)``) on which
-      each worker process runs :meth:`shutdown` at once, before handing them on to
-      the server's own handlers, for servers that otherwise wait on open streams
-      for ever. Installed at lifespan startup, removed at its shutdown.
+      the process runs :meth:`shutdown` at once and then hands the signal on to the
+      server's own handler, for servers that otherwise wait on open streams for
+      ever. Installed at lifespan startup, in the process that runs the app (for
+      hypercorn, ``--workers 0``: its worker processes never receive the signal),
+      and removed at lifespan shutdown.
     """
 
     def __init__(
@@ -78,6 +82,10 @@ class EventStreamMiddleware:
         )
         self.shutdown_grace = shutdown_grace
         self.shutdown_signals = tuple(shutdown_signals)
+        catchable = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
+        if not set(self.shutdown_signals) <= catchable:
+            wrong = set(self.shutdown_signals) - catchable
+            raise ValueError(f"shutdown_signals: no handler can catch {sorted(wrong)!r}")
         if jobs is not None:
             jobs.govern_by(self._hub)
 
@@ -107,11 +115,27 @@ class EventStreamMiddleware:
         if not self.shutdown_signals:
             await self._speak_lifespan(scope, receive, send)
             return
+        if threading.current_thread() is not threading.main_thread():
+            # Raised here, a server in lifespan "auto" mode (uvicorn's default)
+            # would take it for no lifespan support, and end no stream at all.
+            logger.error(
+                "shutdown_signals is ignored: this server runs the lifespan outside the"
+                " main thread, where Python delivers no signal; call"
+                " EventStreamMiddleware.shutdown() from the server's shutdown hook"
+            )
+            await self._speak_lifespan(scope, receive, send)
+            return
+        failure: Exception | None = None  # raised as it is, not in an exception group
         with chained(self.shutdown_signals, self.shutdown) as on_signal:
             async with create_task_group() as tg:
                 tg.start_soon(on_signal)
-                await self._speak_lifespan(scope, receive, send)
+                try:
+                    await self._speak_lifespan(scope, receive, send)
+                except Exception as exc:
+                    failure = exc
                 tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     async def _speak_lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         received = False

@@ -48,10 +48,14 @@ class Timer:
         """Seconds until there may be something to do."""
         heartbeat, limit = self.heartbeat, self.limit
         if self.busy:
-            # Its deadline, or a heartbeat from now if sooner: nothing wakes the
-            # timer when the send ends, and a silence may follow it.
+            # Its deadline, or the heartbeat if sooner (counted from the send's
+            # start, or from now once that has passed): nothing wakes the timer
+            # when the send ends, and a silence may follow it.
             deadline = inf if limit is None else max(self.sent_at + limit - now, 0.0)
-            return deadline if heartbeat is None else min(deadline, heartbeat)
+            if heartbeat is None:
+                return deadline
+            beat = self.sent_at + heartbeat - now
+            return min(deadline, beat if beat > 0 else heartbeat)
         due = inf if heartbeat is None else self.sent_at + heartbeat - now
         if limit is not None:
             due = min(due, limit)  # a send may begin at any moment

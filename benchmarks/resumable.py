@@ -141,7 +141,7 @@ def _wait_ready(port: int, server: subprocess.Popen[bytes], bound: float = 10.0)
 
 def _serve(path: str, redis_url: str, pool: int) -> AbstractContextManager[tuple[int, int]]:
     if path == "baseline":
-        return serve("asgi_sse", 0)
+        return serve("hypercorn", "asgi_sse", 0)
     command = [sys.executable, "-m", "hypercorn", "benchmarks/resumable:app"]
     command += ["--workers", "1", "--backlog", "2048", "--log-level", "WARNING"]
     env = {"BENCH_REDIS_URL": redis_url, "BENCH_REDIS_POOL": str(pool)} if path == "redis" else {}
@@ -272,7 +272,7 @@ def main() -> None:
                     )
     command = " ".join(["python", "benchmarks/resumable.py", *sys.argv[1:]])
     document = {
-        "meta": meta(sys.argv[1:], args.smoke) | {"command": command},
+        "meta": meta(sys.argv[1:], args.smoke, "hypercorn") | {"command": command},
         "paths": args.paths,
         "redis_pool": args.redis_pool,
         "scenarios": scenarios,

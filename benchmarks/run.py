@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -242,6 +242,8 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+    with suppress(ProcessLookupError):  # a worker that outlived it (granian's) must not
+        os.killpg(server.pid, signal.SIGKILL)  # linger on a port the next run may be given
 
 
 # -- one run ----------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """The same scenarios under each server users run, side by side: hypercorn, uvicorn, granian.
 
-    python benchmarks/servers.py               # 3 runs each (make bench)
-    python benchmarks/servers.py --smoke       # tiny sizes, proves the harness (make test)
+    python benchmarks/servers.py                     # 3 runs each (make bench)
+    python benchmarks/servers.py --servers granian   # measure one again, keep the others
 
 For each server, ``run.py --server S`` measures the floor, asgi-sse and
-sse-starlette, each in a fresh server process; this writes the runs to
-docs/benchmarks/servers.json and the table to docs/benchmark-servers.md. Every
+sse-starlette, each in a fresh server process, into
+docs/benchmarks/servers-S.json; the table of every server measured goes to
+docs/benchmark-servers.md. Every
 figure is also given as a ratio to the floor measured on the same server in the
 same run: servers differ more than the libraries on them do, so a figure on its
 own says more about the server.
@@ -18,7 +19,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,14 +36,10 @@ FIGURES: dict[str, tuple[str, Callable[[dict[str, Any]], float], str, bool]] = {
 }
 
 
-def measure(server: str, runs: int, smoke: bool) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "results.json"
-        command = [sys.executable, "benchmarks/run.py", "--server", server, "--out", str(out)]
-        command += ["--scenarios", *FIGURES, "--only", *NAMES, "--runs", str(runs)]
-        subprocess.run([*command, *(["--smoke"] if smoke else [])], cwd=ROOT, check=True)
-        document: dict[str, Any] = json.loads(out.read_text())
-    return document
+def measure(server: str, runs: int, smoke: bool, out: Path) -> None:
+    command = [sys.executable, "benchmarks/run.py", "--server", server, "--out", str(out)]
+    command += ["--scenarios", *FIGURES, "--only", *NAMES, "--runs", str(runs)]
+    subprocess.run([*command, *(["--smoke"] if smoke else [])], cwd=ROOT, check=True)
 
 
 def median(document: dict[str, Any], scenario: str, name: str) -> float | str:
@@ -62,10 +58,10 @@ def render(documents: dict[str, dict[str, Any]]) -> str:
         f"{server} {documents[server]['meta']['versions'][server]}" for server in documents
     )
     lines = [
-        "<!-- Written by benchmarks/servers.py from docs/benchmarks/servers.json: do not edit. -->",
+        "<!-- Written by benchmarks/servers.py from docs/benchmarks/servers-*.json. -->",
         "# Benchmarks by server",
         "",
-        f"`{' '.join(['python', 'benchmarks/servers.py', *sys.argv[1:]])}`, {first['date']},"
+        f"`python benchmarks/servers.py`, {first['date']},"
         f" Python {first['python']}, {first['machine']}; {versions}. Medians of the runs;"
         " in brackets, the ratio to the floor on the same server (for latency, lower is"
         " better; for throughput, higher is).",
@@ -93,14 +89,17 @@ def render(documents: dict[str, dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--servers", nargs="*", choices=SERVERS, default=SERVERS)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
     runs = 1 if args.smoke else args.runs
-    documents = {server: measure(server, runs, args.smoke) for server in SERVERS}
     (args.out / "benchmarks").mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmarks/servers.json").write_text(json.dumps(documents, indent=1) + "\n")
+    results = {server: args.out / f"benchmarks/servers-{server}.json" for server in SERVERS}
+    for server in args.servers:
+        measure(server, runs, args.smoke, results[server])
+    documents = {s: json.loads(path.read_text()) for s, path in results.items() if path.exists()}
     (args.out / "benchmark-servers.md").write_text(render(documents))
     print(f"wrote {args.out / 'benchmark-servers.md'}", file=sys.stderr)
 

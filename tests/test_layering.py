@@ -18,7 +18,7 @@ MODULES = sorted(
     ".".join(("asgi_sse", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
     for p in PACKAGE.rglob("*.py")
 )
-CORE = [m for m in MODULES if not m.startswith("asgi_sse.resumable")]
+CORE = [m for m in MODULES if not m.startswith(("asgi_sse.resumable", "asgi_sse.testing"))]
 RESUMABLE = [m for m in MODULES if m.startswith("asgi_sse.resumable")]
 
 
@@ -56,6 +56,7 @@ SANS_IO = [
     "asgi_sse._encoder",
     "asgi_sse._exceptions",
     "asgi_sse.resumable._log",
+    "asgi_sse.testing._messages",
 ]
 
 
@@ -72,7 +73,8 @@ def test_sans_io_modules_use_the_standard_library_and_msgspec_only(module: str) 
 
 @pytest.mark.parametrize("module", CORE)
 def test_the_core_never_imports_the_layers_built_on_it(module: str) -> None:
-    assert not {name for name in own(module) if name.startswith("asgi_sse.resumable")}
+    layers = ("asgi_sse.resumable", "asgi_sse.testing")
+    assert not {name for name in own(module) if name.startswith(layers)}
 
 
 def test_the_bridge_knows_only_anyio_and_its_exception() -> None:
@@ -105,6 +107,7 @@ def test_only_the_top_layer_speaks_asgi_messages() -> None:
         "asgi_sse._response",
         "asgi_sse._middleware",
         "asgi_sse._app",
+        "asgi_sse.testing._client",  # the other side: a client of any ASGI app
     }
 
 
@@ -136,7 +139,7 @@ def test_adapters_use_only_the_public_api(adapter: str) -> None:
                 assert all(a.name.split(".")[0] != "asgi_sse" for a in node.names)
 
 
-@pytest.mark.parametrize("module", ["asgi_sse", "asgi_sse.resumable"])
+@pytest.mark.parametrize("module", ["asgi_sse", "asgi_sse.resumable", "asgi_sse.testing"])
 def test_the_public_faces_are_re_exports_only(module: str) -> None:
     tree = ast.parse(path(module).read_text())
     assert {type(node).__name__ for node in tree.body} <= {"Expr", "ImportFrom", "Assign"}

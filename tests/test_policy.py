@@ -19,6 +19,7 @@ from test_resumable import make_app, start, watch
 
 from asgi_sse import Encoder, EventStream, EventStreamMiddleware, Job, Refusal, Reporter
 from asgi_sse._bridge import Channel
+from asgi_sse._hub import Hub
 from asgi_sse._run import RunOptions
 from asgi_sse.resumable import Jobs
 from asgi_sse_quart import EventStreamResponse
@@ -211,3 +212,33 @@ def test_any_source_that_follows_the_protocol_streams_over_a_socket(name: str, s
         assert response.text == 'event: found\nid: 1\ndata: {"name":"apple"}\n\n'
     else:
         assert response.text == "no such thing"
+
+
+@pytest.mark.anyio
+async def test_shutdown_waits_for_a_job_whose_stream_has_already_left() -> None:
+    """A server's native cancel (uvicorn's, after its graceful timeout) ends the
+    response before its job's thread returns: the grace is for the job too."""
+    hub = Hub(max_streams=None, queue=0, threads=2, retry_after=5)
+    ticket = hub.admit()
+    assert ticket is not None
+    left, release, shut = anyio.Event(), anyio.Event(), anyio.Event()
+
+    async def stream() -> None:
+        async with hub.slot(ticket, lambda _: None):
+            hub.leave(ticket)  # the response has gone; its job holds the slot still
+            left.set()
+            await release.wait()
+
+    async def shutdown() -> None:
+        await hub.shutdown(BOUND)
+        shut.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stream)
+        await left.wait()
+        tg.start_soon(shutdown)
+        await anyio.wait_all_tasks_blocked()
+        assert not shut.is_set()
+        release.set()
+    assert shut.is_set()
+    assert hub.stats().running_jobs == 0

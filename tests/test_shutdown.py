@@ -10,7 +10,8 @@ and the server must log no error.
 
 Two ways get there. *Native*: the server's own graceful timeout cancels the open
 responses, which then say goodbye (hypercorn's trio worker, uvicorn with
-``--timeout-graceful-shutdown``; uvicorn logs each cancel it makes, see below).
+``--timeout-graceful-shutdown``, where the stream absorbs uvicorn's native cancel
+once its farewell is out, so that uvicorn logs no traceback).
 *Opt-in*: ``shutdown_signals`` hears the signal first and ends the streams at
 once; the only way for granian, for hypercorn over HTTP/2 and for hypercorn's
 asyncio worker, and it works under every server, with two limits of theirs
@@ -21,7 +22,6 @@ HTTP/2 may cut a farewell off.
 from __future__ import annotations
 
 import json
-import re
 import signal
 import threading
 from pathlib import Path
@@ -35,7 +35,6 @@ from sse_spec import parse_stream
 
 STREAMS = 3
 SHUTDOWN = {"type": "ServerShutdown"}
-EXCEPTION = re.compile(r"^[\w.]+(Error|Exception|Interrupt|Group|Exit)\b")
 #: The server's own graceful timeout cancels the open responses.
 NATIVE = {
     "hypercorn-trio": ["--graceful-timeout", "1"],
@@ -62,25 +61,29 @@ class Case(NamedTuple):
     options: list[str]
 
 
+HYPERCORN_ASYNCIO_ALONE = pytest.mark.xfail(
+    strict=True,
+    reason="hypercorn's asyncio worker on its own: on Python 3.11 it cancels its connection"
+    " tasks at the graceful timeout and asyncio logs each one's CancelledError (hypercorn's"
+    " tasks, not the app's: the streams did end with their farewell); on 3.12+ it never gets"
+    " there (asyncio.Server.wait_closed() waits for every connection). Use shutdown_signals"
+    " with --workers 0 (the opt-in cases).",
+)
 CASES = [
     *[pytest.param(Case(s, "native", False, NATIVE[s]), id=f"{s}-native") for s in NATIVE],
+    pytest.param(
+        Case("hypercorn-asyncio", "native", False, ["--graceful-timeout", "1"]),
+        id="hypercorn-asyncio-native",
+        marks=HYPERCORN_ASYNCIO_ALONE,
+    ),
     *[pytest.param(Case(s, "opt-in", False, OPT_IN[s]), id=f"{s}-opt-in") for s in OPT_IN],
     *[pytest.param(Case(s, "opt-in", True, OPT_IN[s]), id=f"{s}-opt-in-h2") for s in HTTP2],
 ]
-#: uvicorn logs each request its graceful timeout cancels as "Exception in ASGI
-#: application" (a CancelledError), whatever the app: asgi-sse's farewell has
-#: gone out by then, and the opt-in way ends the streams before it comes to that.
-UVICORN_LOGS_ITS_CANCELS = {"uvicorn", "uvicorn-h11"}
 FAREWELL = {"event": "error", "data": '{"type":"ServerShutdown"}', "id": ""}
 SIGNALS = [
     pytest.param((signal.SIGTERM, False), id="SIGTERM-to-main"),
     pytest.param((signal.SIGINT, True), id="SIGINT-to-group"),
 ]
-
-
-def raised(log: str) -> set[str]:
-    """The exceptions the tracebacks in a log end with."""
-    return {line.split(":")[0] for line in log.splitlines() if EXCEPTION.match(line)}
 
 
 def watch(url: str, http2: bool, key: str, reading: threading.Barrier, got: list[bytes]) -> None:
@@ -112,8 +115,7 @@ def test_stopping_with_streams_open_ends_each_with_its_reason_and_exits(
     env = {"ASGI_SSE_JOB_LOG": str(jobs), "ASGI_SSE_SIGNALS": "1" if way == "opt-in" else "0"}
     received: dict[str, list[bytes]] = {f"s{i}": [] for i in range(STREAMS)}
     reading = threading.Barrier(STREAMS + 1)
-    noisy = way == "native" and server in UVICORN_LOGS_ITS_CANCELS
-    with launch(server, "servers_app:app", *options, env=env, clean_log=not noisy) as running:
+    with launch(server, "servers_app:app", *options, env=env) as running:
         threads = [
             threading.Thread(target=watch, args=(running.url, http2, key, reading, got))
             for key, got in received.items()
@@ -130,8 +132,6 @@ def test_stopping_with_streams_open_ends_each_with_its_reason_and_exits(
         # uvicorn hands the signal on once it has shut down, and so does the
         # opt-in handler where the signal's default was to end the process.
         assert running.process.returncode in (0, -signum), running.log
-    if noisy:
-        assert raised(running.log) == {"asyncio.exceptions.CancelledError"}, running.log
     for key, chunks in received.items():
         events = parse_stream(b"".join(chunks))
         if (server, http2) == ("granian", True) and events[-1]["event"] == "progress":

@@ -144,7 +144,7 @@ HYPERCORN_TRIO_SHIELDED_WRITES = pytest.mark.xfail(
     " stopped reading cannot be cancelled, by the app or by the server's graceful timeout,"
     " so the connection, and the process at shutdown, wait until that client goes. asgi-sse"
     " still frees the job, its thread and its token at send_timeout. Use the asyncio worker"
-    " where clients may stall (docs/hypercorn.md).",
+    " where clients may stall (docs/servers.md).",
 )
 
 

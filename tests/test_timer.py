@@ -78,3 +78,10 @@ def test_a_send_that_ends_while_the_timer_sleeps_does_not_hold_back_the_next_hea
     timer.sent()  # ...while the timer sleeps
     assert wake == 0.05
     assert timer.due(wake) is Due.HEARTBEAT
+
+
+def test_while_a_send_is_under_way_the_heartbeat_counts_from_its_start() -> None:
+    timer = Timer(heartbeat=15, send_timeout=None, now=0)
+    timer.sending(5)
+    assert timer.delay(12) == 8  # due 15 s after the send began, not 15 s from now
+    assert timer.delay(25) == 15  # past due while it was busy: look again a heartbeat on
