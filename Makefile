@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
+PORT ?= 8000
 
 .PHONY: demo test lint typecheck pytest soak bench bench-resumable docs clean
 
@@ -12,9 +14,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	@echo "Serving the demo on http://127.0.0.1:8000  (try: curl -N 'http://127.0.0.1:8000/progress?steps=10')"
-	$(BIN)/hypercorn examples.demo:app --worker-class trio --bind 127.0.0.1:8000
+# The demo needs the core, hypercorn and trio only: not the test and docs tool chain.
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	@echo "Serving the demo on http://127.0.0.1:$(PORT)  (try: curl -N 'http://127.0.0.1:$(PORT)/progress?steps=10')"
+	$(BIN)/hypercorn examples.demo:app --worker-class trio --bind 127.0.0.1:$(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

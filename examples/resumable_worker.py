@@ -11,6 +11,7 @@ import json
 import logging
 import os
 from functools import partial
+from typing import Any
 
 import anyio
 from redis.asyncio import Redis
@@ -21,14 +22,24 @@ from asgi_sse.resumable.redis import RedisBackend
 from examples.resumable import QUEUE, crunch
 
 
+async def next_task(client: Redis) -> dict[str, Any]:
+    """The next task, however long the queue stays empty. A BLPOP that blocks for
+    ever outlives redis-py's socket timeout (5 s by default) and raises; one that
+    gives up within it comes back empty, and is asked again."""
+    socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout") or 10.0
+    while True:
+        popped = await client.blpop([QUEUE], timeout=socket_timeout / 2)  # type: ignore[misc]
+        if popped is not None:
+            return dict(json.loads(popped[1]))
+
+
 async def main() -> None:
     client = Redis.from_url(os.environ["ASGI_SSE_REDIS_URL"])
     lease = float(os.environ.get("ASGI_SSE_LEASE", "3"))
     jobs = Jobs(RedisBackend(client, lease=lease, block=min(1.0, lease)))
     async with anyio.create_task_group() as tg:
         while True:
-            _, raw = await client.blpop([QUEUE])  # type: ignore[misc]
-            task = json.loads(raw)
+            task = await next_task(client)
             job = Job(crunch, task["steps"], task["interval"])
             tg.start_soon(partial(jobs.run, job, id=task["id"]))
             print(f"worker: started {task['id']}", flush=True)

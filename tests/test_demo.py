@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import socket
 import subprocess
 import sys
@@ -81,3 +82,29 @@ def test_stats_count_the_streams_served(demo_url: str) -> None:
     # (Whether the finished stream still counts as open is a race with its last send.)
     assert stats["events_sent"] - before["events_sent"] == 3
     assert stats["refused"] == stats["send_timeouts"] == 0
+
+
+def test_make_demo_installs_only_the_demo_extra_and_takes_a_port() -> None:
+    """The demo's own extra suffices: examples/demo.py imports the standard library and
+    asgi_sse only, and hypercorn with trio serves it; `make demo PORT=...` binds there."""
+    tree = ast.parse((ROOT / "examples/demo.py").read_text())
+    imported = {
+        (node.module or "").split(".")[0] if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert imported - sys.stdlib_module_names == {"asgi_sse"}
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'demo = ["asgi-sse[hypercorn]", "trio>=0.25"]' in pyproject.splitlines()
+    dry = subprocess.run(
+        ["make", "-n", "-B", "demo", "PORT=8123"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=BOUND,
+    ).stdout
+    assert "pip install --quiet -e '.[demo]'" in dry
+    assert "[dev]" not in dry
+    assert "--bind 127.0.0.1:8123" in dry

@@ -246,6 +246,36 @@ def test_a_job_run_by_a_worker_process_streams_from_any_web_process(
     assert f"worker: started {job_id}" in out.read_text()  # not run by A
 
 
+def wait_for_blpops(redis: RedisServer, n: int) -> None:
+    """Return once ``n`` BLPOPs reached Redis: each one is pushed to a MONITOR as it
+    runs (no polling); BOUND seconds with no command at all fail the test."""
+    client = Redis.from_url(redis.url, socket_timeout=BOUND)
+    try:
+        with client.monitor() as monitor:
+            seen = 0
+            while seen < n:
+                seen += monitor.next_command()["command"].upper().startswith("BLPOP")
+    finally:
+        client.close()
+
+
+def test_an_idle_worker_outlives_its_socket_timeout_and_still_takes_jobs(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Its BLPOP gives up within redis-py's socket timeout and asks again (a BLPOP
+    that blocks for ever raises TimeoutError once the socket timeout passes)."""
+    short = f"{redis_server.url}?socket_timeout=0.5"  # 5 s by default: the same, sooner
+    with (
+        hypercorn(tmp_path, "A", redis_server) as a,
+        worker(tmp_path, redis_server, ASGI_SSE_REDIS_URL=short) as out,
+    ):
+        wait_for_blpops(redis_server, 6)  # idle for three socket timeouts, and asking still
+        job_id = start_job(a, steps=3, interval=0, worker=1)
+        with watching(a, job_id) as events:
+            assert read_until_end(events)[-1]["event"] == "completed"
+    assert f"worker: started {job_id}" in out.read_text()
+
+
 # -- 3. Chromium reconnects by itself, through a load balancer --------------------------------
 
 PAGE = """<!doctype html><title>resume</title><script>
