@@ -346,3 +346,14 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
         if f'id="{package}.{name}"' not in reference
     ]
     assert missing == []
+    # The docstrings' Sphinx roles became links or code, not literal text.
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", reference))
+    assert re.findall(r":(?:class|meth|func|attr|mod|data|exc|obj): ?`", text) == []
+    assert '<a class="autorefs autorefs-internal" title="Job" href="#asgi_sse.Job">' in reference
+    # Attributes set in __init__ are listed by name, not as "func = func".
+    assert re.findall(r"\b(?!None\b)(\w+) = \1\b", text) == []
+    # Highlighted at build time, nothing fetched from elsewhere (the site works offline).
+    pages = [page.read_text(encoding="utf-8") for page in site.rglob("*.html")]
+    fetched = re.compile(r"<(script|link|img)[^>]+(src|href)=\"(https?:)?//")
+    assert [p for p in pages if fetched.search(p)] == []
+    assert '<span class="kn">import</span>' in (site / "index.html").read_text(encoding="utf-8")
