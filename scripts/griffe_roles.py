@@ -11,6 +11,7 @@ private helper, anyio's own types).
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 
 import griffe
@@ -30,7 +31,7 @@ class RolesToLinks(griffe.Extension):
         self._register(pkg)
         for obj in _walk(pkg):
             if obj.docstring is not None:
-                obj.docstring.value = ROLE.sub(lambda m: self._link(obj, m), obj.docstring.value)
+                obj.docstring.value = ROLE.sub(partial(self._link, obj), obj.docstring.value)
 
     def _register(self, module: griffe.Module) -> None:
         self.public.add(module.path)
