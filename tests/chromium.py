@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 try:
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover - the dev extra brings it
+except ImportError:  # pragma: no cover - the dev group brings it
     sync_playwright = None  # type: ignore[assignment]
     PlaywrightError = Exception  # type: ignore[assignment,misc]  # never raised: launch() skips
 
@@ -47,7 +47,7 @@ def launch(*extra_args: str) -> Iterator[Browser]:
     if sync_playwright is None:
         pytest.skip(
             "PLAYWRIGHT IS NOT INSTALLED: the tests in a real browser did not run."
-            " Install the dev extra: pip install -e '.[dev]' (make test does so)."
+            " Install the dev group: pip install -e '.[all,unidecode]' --group dev (make test does)"
         )
     executable = str(CHROMIUM) if CHROMIUM.exists() else shutil.which("chromium")
     if executable is None:

@@ -41,7 +41,7 @@ try:
     import trustme
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-except ImportError:  # pragma: no cover - the dev extra brings it
+except ImportError:  # pragma: no cover - the dev group brings it
     trustme = None
 
 # RFC 9113 section 8.2.2: an HTTP/2 response carrying one of these is malformed.
@@ -109,7 +109,7 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> Cert:
     if trustme is None:
         pytest.skip(
             "TRUSTME IS NOT INSTALLED: the HTTP/2 tests in a real browser did not run."
-            " Install the dev extra: pip install -e '.[dev]' (make test does so)."
+            " Install the dev group: pip install -e '.[all,unidecode]' --group dev (make test does)"
         )
     return issue(trustme.CA(), tmp_path_factory.mktemp("tls"), "leaf")
 
