@@ -17,7 +17,8 @@ would cap a stream near 20 k events/s. anyio has no public fire-and-forget call
 into the loop, so :func:`_call_soon` uses the backend's own (asyncio's
 ``call_soon_threadsafe``, trio's ``run_sync_soon``) through anyio's token.
 
-Numbering is not the bridge's business: it hands over bytes, in order.
+Numbering is not the bridge's business: it hands over bytes, in order (a
+coalescing channel drops superseded ones: see ``_latest``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from anyio import EndOfStream, Event, from_thread
 from anyio.lowlevel import RunVar, checkpoint, current_token
 
 from ._exceptions import JobCancelled
+from ._latest import Latest
 
 __all__ = ["Channel"]
 
@@ -75,6 +77,7 @@ class Channel:
         "_call_soon",
         "_closed",
         "_event",
+        "_latest",
         "_lock",
         "_loop_thread",
         "_max",
@@ -86,8 +89,9 @@ class Channel:
         "_waiters",
     )
 
-    def __init__(self, max_buffer_bytes: int) -> None:
+    def __init__(self, max_buffer_bytes: int, *, coalesce: bool = False) -> None:
         self._max = max_buffer_bytes
+        self._latest = Latest() if coalesce else None
         self._lock = threading.Lock()
         self._batch: list[bytes] = []
         self._size = 0  # bytes in _batch
@@ -101,19 +105,31 @@ class Channel:
         self._loop_thread = threading.get_ident()
 
     @property
+    def coalescing(self) -> bool:
+        return self._latest is not None
+
+    @property
     def cancelled(self) -> bool:
         """True once producers must stop: their next ``put`` raises :class:`JobCancelled`."""
         return self._stop is not None
 
     # -- producer side ---------------------------------------------------------
 
-    def put(self, chunk: bytes) -> None:
-        """Add a chunk from a worker thread, waiting while the batch is full.
+    def put(self, chunk: bytes, key: str | None = None) -> None:
+        """Add a chunk from a worker thread, waiting while the batch is full (on a
+        coalescing channel, a chunk with a ``key`` never waits: it supersedes).
 
         Raises :class:`JobCancelled` once nobody is listening any more.
         """
         with self._lock:
-            if self._stop is not None or self._size >= self._max:
+            latest = self._latest
+            if key is not None and latest is not None:
+                if self._stop is not None:
+                    raise JobCancelled(self._stop)
+                if self._size >= self._max:
+                    self._size -= latest.supersede(self._batch, key)
+                latest.places[key] = len(self._batch)
+            elif self._stop is not None or self._size >= self._max:
                 self._wait_for_room()
             self._batch.append(chunk)
             self._size += len(chunk)
@@ -234,7 +250,7 @@ class Channel:
         batch, self._batch, self._size = self._batch, [], 0
         if self._waiters:  # notify_all costs microseconds even with nobody waiting
             self._room.notify_all()  # type: ignore[union-attr]
-        return batch
+        return batch if self._latest is None else self._latest.sent(batch)
 
     # -- consumer side (event loop) -------------------------------------------
 
@@ -250,6 +266,8 @@ class Channel:
                     batch, self._batch, self._size = self._batch, [], 0
                     if self._waiters:
                         self._room.notify_all()  # type: ignore[union-attr]
+                    if self._latest is not None:
+                        batch = self._latest.sent(batch)
                     break
                 if self._closed:
                     raise EndOfStream

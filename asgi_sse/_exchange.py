@@ -71,7 +71,7 @@ class Exchange:
         self.scope = scope
         self.hub = hub
         self.ticket: Ticket | None = None
-        self.channel = Channel(stream.options.max_buffer_bytes)
+        self.channel = Channel(stream.options.max_buffer_bytes, coalesce=stream.options.coalesce)
         self.run: Run | None = None
         self.ended = False  # the client left, or the last message is on its way
         self.behind = False  # a send was cut off before the server took it all

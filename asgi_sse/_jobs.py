@@ -36,7 +36,7 @@ class Job(Generic[T]):
 
     __slots__ = ("args", "func", "kwargs")
 
-    uses: ClassVar[frozenset[str]] = frozenset({"limiter", "on_error"})
+    uses: ClassVar[frozenset[str]] = frozenset({"limiter", "on_error", "coalesce"})
 
     def __init__(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> None:
         if "on_progress" in kwargs:
@@ -101,11 +101,12 @@ class Reporter:
     reports rarely can check :attr:`cancelled` between reports.
     """
 
-    __slots__ = ("_channel", "_encode", "_json", "_lock", "_put", "_template", "last_id")
+    __slots__ = ("_channel", "_encode", "_json", "_keyed", "_lock", "_put", "_template", "last_id")
 
     def __init__(self, channel: Channel, encoder: Encoder) -> None:
         self._channel = channel
         self._put = channel.put
+        self._keyed = channel.coalescing  # each report says its step, to be superseded
         self._encode = encoder.fast_json
         self._json = encoder.json
         self._template = encoder.numbered("progress")
@@ -128,7 +129,11 @@ class Reporter:
         except Exception:
             payload = self._json(data)  # the careful path: it cleans, or says what is wrong
         with self._lock:
-            self._put(self._template % (self.last_id + 1, payload))
+            chunk = self._template % (self.last_id + 1, payload)
+            if self._keyed:
+                self._put(chunk, step)
+            else:
+                self._put(chunk)
             self.last_id += 1
 
     @contextmanager

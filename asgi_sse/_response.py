@@ -37,6 +37,7 @@ class StreamOptions(TypedDict, total=False):
 
     limiter: CapacityLimiter | None
     max_buffer_bytes: int
+    coalesce: bool
     heartbeat: float | None
     send_timeout: float | None
     encoder: Encoder | None
@@ -66,6 +67,13 @@ class EventStream:
       :func:`default_limiter`). Only for sources that run in a thread.
     - ``max_buffer_bytes``: encoded events held between producer and sender
       before the producer waits; what one slow client can cost in memory.
+    - ``coalesce``: for a :class:`Job` whose progress is a state, not a record:
+      while the client is behind (the buffer is full), a progress event replaces
+      the unsent one of the same step instead of making the job wait, so a slow
+      client never slows the job and gets the latest value of every step. Other
+      events are never dropped; ids keep increasing, with gaps where events
+      were superseded. Memory stays within ``max_buffer_bytes`` plus one event
+      per step.
     - ``heartbeat``: seconds of silence before a ``: ping`` comment, or ``None``.
     - ``send_timeout``: seconds a single send may take before the client counts
       as gone (it stopped reading), or ``None`` to wait forever.
@@ -91,6 +99,7 @@ class EventStream:
         *,
         limiter: CapacityLimiter | None = None,
         max_buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        coalesce: bool = False,
         heartbeat: float | None = 15.0,
         send_timeout: float | None = 30.0,
         encoder: Encoder | None = None,
@@ -98,7 +107,9 @@ class EventStream:
         headers: Headers | None = None,
     ) -> None:
         self.source = as_source(source)
-        options = RunOptions(limiter, encoder or default_encoder, on_error, max_buffer_bytes)
+        options = RunOptions(
+            limiter, encoder or default_encoder, on_error, max_buffer_bytes, coalesce=coalesce
+        )
         unused = options.given() - self.source.uses
         if unused:
             raise TypeError(

@@ -82,6 +82,7 @@ class RunOptions:
     encoder: Encoder = field(default=default_encoder)
     on_error: Callable[[Exception], Any] | None = None
     max_buffer_bytes: int = DEFAULT_BUFFER_BYTES
+    coalesce: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.max_buffer_bytes, bool) or not isinstance(self.max_buffer_bytes, int):
@@ -93,7 +94,7 @@ class RunOptions:
         """The options set to something other than their default."""
         return {
             name
-            for name, default in (("limiter", None), ("on_error", None))
+            for name, default in (("limiter", None), ("on_error", None), ("coalesce", False))
             if getattr(self, name) is not default
         }
 
@@ -121,7 +122,7 @@ class Run(Protocol):
 class Source(Protocol):
     """Anything an :class:`~asgi_sse.EventStream` can stream."""
 
-    #: The run options it uses, among ``limiter`` and ``on_error``; the stream
+    #: The run options it uses, among ``limiter``, ``on_error`` and ``coalesce``; the stream
     #: refuses the others rather than ignore them.
     uses: ClassVar[frozenset[str]]
 

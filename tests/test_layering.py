@@ -57,6 +57,7 @@ SANS_IO = [
     "asgi_sse._exceptions",
     "asgi_sse.resumable._log",
     "asgi_sse.testing._messages",
+    "asgi_sse._latest",
 ]
 
 
@@ -79,7 +80,7 @@ def test_the_core_never_imports_the_layers_built_on_it(module: str) -> None:
 
 def test_the_bridge_knows_only_anyio_and_its_exception() -> None:
     assert outside("asgi_sse._bridge") - STDLIB == {"anyio"}
-    assert own("asgi_sse._bridge") == {"asgi_sse._exceptions"}
+    assert own("asgi_sse._bridge") == {"asgi_sse._exceptions", "asgi_sse._latest"}
 
 
 @pytest.mark.parametrize(
