@@ -105,10 +105,6 @@ class Channel:
         self._loop_thread = threading.get_ident()
 
     @property
-    def coalescing(self) -> bool:
-        return self._latest is not None
-
-    @property
     def cancelled(self) -> bool:
         """True once producers must stop: their next ``put`` raises :class:`JobCancelled`."""
         return self._stop is not None
@@ -117,7 +113,8 @@ class Channel:
 
     def put(self, chunk: bytes, key: str | None = None) -> None:
         """Add a chunk from a worker thread, waiting while the batch is full (on a
-        coalescing channel, a chunk with a ``key`` never waits: it supersedes).
+        coalescing channel, a chunk with a ``key`` never waits: it supersedes;
+        elsewhere the key means nothing).
 
         Raises :class:`JobCancelled` once nobody is listening any more.
         """

@@ -101,12 +101,11 @@ class Reporter:
     reports rarely can check :attr:`cancelled` between reports.
     """
 
-    __slots__ = ("_channel", "_encode", "_json", "_keyed", "_lock", "_put", "_template", "last_id")
+    __slots__ = ("_channel", "_encode", "_json", "_lock", "_put", "_template", "last_id")
 
     def __init__(self, channel: Channel, encoder: Encoder) -> None:
         self._channel = channel
         self._put = channel.put
-        self._keyed = channel.coalescing  # each report says its step, to be superseded
         self._encode = encoder.fast_json
         self._json = encoder.json
         self._template = encoder.numbered("progress")
@@ -129,11 +128,8 @@ class Reporter:
         except Exception:
             payload = self._json(data)  # the careful path: it cleans, or says what is wrong
         with self._lock:
-            chunk = self._template % (self.last_id + 1, payload)
-            if self._keyed:
-                self._put(chunk, step)
-            else:
-                self._put(chunk)
+            # Keyed by its step: a coalescing channel may supersede it by a later one.
+            self._put(self._template % (self.last_id + 1, payload), step)
             self.last_id += 1
 
     @contextmanager

@@ -82,9 +82,10 @@ class EventStreamMiddleware:
         )
         self.shutdown_grace = shutdown_grace
         self.shutdown_signals = tuple(shutdown_signals)
-        catchable = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
-        if not set(self.shutdown_signals) <= catchable:
-            wrong = set(self.shutdown_signals) - catchable
+        wrong = set(self.shutdown_signals) - (
+            signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
+        )
+        if wrong:
             raise ValueError(f"shutdown_signals: no handler can catch {sorted(wrong)!r}")
         if jobs is not None:
             jobs.govern_by(self._hub)

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BOUND = 10.0  # seconds, as conftest's: how long a healthy process takes to stop
 TESTS = Path(__file__).resolve().parent
@@ -96,6 +97,16 @@ class Running:
         with self.changed:
             self.lines.append("")  # the end of the log
             self.changed.notify_all()
+
+
+async def every_token_back(limiter: Any) -> None:
+    """Inside a server's app: return once every one of ``limiter``'s tokens is back
+    (holding them all at once means each job's thread gave its own back)."""
+    borrowers = [object() for _ in range(int(limiter.total_tokens))]
+    for borrower in borrowers:
+        await limiter.acquire_on_behalf_of(borrower)
+    for borrower in borrowers:
+        limiter.release_on_behalf_of(borrower)
 
 
 @contextmanager

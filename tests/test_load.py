@@ -32,7 +32,7 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
-from processes import stopped_at_exit
+from processes import every_token_back, stopped_at_exit
 
 from asgi_sse import EventStream, EventStreamMiddleware, Job, Reporter
 from benchmarks.client import load
@@ -96,12 +96,7 @@ async def _settled(tasks: int) -> None:
     ``tasks``) no more than that many tasks are left: each waited on as an
     event, inside the server, where they happen."""
     await app._hub.idle()
-    limiter = app.limiter
-    borrowers = [object() for _ in range(int(limiter.total_tokens))]
-    for borrower in borrowers:  # holding every token means each was given back
-        await limiter.acquire_on_behalf_of(borrower)
-    for borrower in borrowers:
-        limiter.release_on_behalf_of(borrower)
+    await every_token_back(app.limiter)
     while tasks and len(asyncio.all_tasks()) > tasks:  # (the asyncio worker's tasks)
         ended = asyncio.Event()
 
