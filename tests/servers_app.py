@@ -64,15 +64,18 @@ def fails(on_progress: Reporter) -> None:
 
 def endless(key: str, mode: str, on_progress: Reporter) -> None:
     """Reports every 5 ms (``ticks``), 16 KiB each (``bulk``), or once and then
-    only polls ``on_progress.cancelled`` (``silent``), until stopped or released."""
+    only polls ``on_progress.cancelled`` (``silent``; ``quiet`` reports once
+    more then, which raises), until stopped or released."""
     pace, release = threading.Event(), gate(key)
     try:
         on_progress("started", {})
         tick = 0
         while not release.is_set():
             tick += 1
-            if mode == "silent":
+            if mode in ("silent", "quiet"):
                 if on_progress.cancelled:
+                    if mode == "quiet":
+                        on_progress("after the end", {})  # raises JobCancelled
                     ended(key, "noticed")
                     return
                 pace.wait(0.005)
