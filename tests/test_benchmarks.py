@@ -220,3 +220,43 @@ def test_the_idle_benchmark_holds_every_stream_and_counts_its_heartbeats(tmp_pat
         assert result["streams"] == 20
         assert result["rounds"] >= 1  # every stream got its heartbeat, once more at least
         assert result["rss_after_mib"] >= result["rss_before_mib"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_the_coalesce_benchmark_frees_the_stalled_clients_job_and_loses_no_step(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "coalesce.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/coalesce.py", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        check=False,
+        timeout=100,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr  # non-zero when a case is not as expected
+    document = json.loads(out.read_text())
+    runs = {run["coalesce"]: run for run in document["runs"]}
+    assert set(runs) == {False, True}
+    assert all(run["as_expected"] for run in runs.values())
+    without, with_ = runs[False], runs[True]
+    # Without: backpressure gives the fast client everything, and holds the stalled
+    # client's job until the send timeout stops it, unfinished.
+    assert without["fast"]["every_event"]
+    assert without["fast"]["events"] == document["events"]
+    assert without["stalled"]["outcome"] == "JobCancelled"
+    assert not without["stalled"]["completed"]
+    # With: the stalled client's job runs to its end; the client then gets that end
+    # and the last value of every step, but not every event.
+    assert with_["stalled"]["outcome"] == "completed"
+    assert with_["stalled"]["completed"]
+    assert with_["stalled"]["every_steps_last_value"]
+    assert with_["stalled"]["ids_increase"]
+    assert 0 < with_["stalled"]["events"] < document["events"]
+    assert with_["fast"]["in_order"]  # every event while it keeps up, then the latest
+    assert with_["fast"]["last_report"]
+    for run in runs.values():
+        assert run["rss_peak_mib"] >= run["rss_before_mib"] > 10  # read from /proc
+    assert "| stalled client's job ended | JobCancelled | completed | |" in done.stdout
+    assert "command: python benchmarks/coalesce.py --smoke" in done.stdout
