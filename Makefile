@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 PORT ?= 8000
 
-.PHONY: demo test lint typecheck pytest soak bench bench-resumable docs clean
+.PHONY: demo demo-distributed test lint typecheck pytest soak bench bench-resumable docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,23 @@ $(DEMO_STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[demo]'
 	touch $(DEMO_STAMP)
 
+# The distributed demo: Celery runs the jobs, hypercorn (two processes) streams them.
+DIST_STAMP := $(VENV)/.distributed-installed
+$(DIST_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[demo,celery,starlette]'
+	touch $(DIST_STAMP)
+
 demo: $(DEMO_STAMP)
 	@echo "Serving the demo on http://127.0.0.1:$(PORT)  (try: curl -N 'http://127.0.0.1:$(PORT)/progress?steps=10')"
 	$(BIN)/hypercorn examples.demo:app --worker-class trio --bind 127.0.0.1:$(PORT)
+
+# redis-server, one Celery worker and two hypercorn processes, on a fresh machine
+# (redis-server from scripts/system-deps.sh, installed when run as root).
+demo-distributed: $(DIST_STAMP)
+	-bash scripts/system-deps.sh
+	$(BIN)/python scripts/distributed_demo.py --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import closing, contextmanager, suppress
+from contextlib import ExitStack, closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,38 +120,57 @@ def launch(
     """Run ``app`` under ``server`` (a key of :data:`SERVERS`) in a process group of
     its own; SIGTERM it at the end, kill it if it hangs, and (``clean_log``) fail on
     any error it logged."""
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(4096)
-        port = sock.getsockname()[1]
+    with ExitStack() as stack:
+        with closing(socket.socket()) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(4096)
+            port = sock.getsockname()[1]
+            if server == "granian":
+                sock.close()  # granian binds the port itself
+            command, *args = (
+                part.format(app=app, fd=sock.fileno(), port=port) for part in SERVERS[server]
+            )
+            fds = [] if server == "granian" else [sock.fileno()]
+            argv = [str(BIN / command), *args, *options]
+            running = stack.enter_context(_supervised(server, argv, env, fds, port))
         if server == "granian":
-            sock.close()  # granian binds the port itself
-        command, *args = (
-            part.format(app=app, fd=sock.fileno(), port=port) for part in SERVERS[server]
-        )
-        process = subprocess.Popen(
-            [str(BIN / command), *args, *options],
-            cwd=TESTS,
-            env=os.environ | {"PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)])} | (env or {}),
-            pass_fds=[] if server == "granian" else [sock.fileno()],
-            stdout=subprocess.PIPE,  # granian logs there, the others to stderr: one log
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    running = Running(server, process, port)
-    reader = threading.Thread(target=running._read, name=f"{server}-log", daemon=True)
+            running.wait_for_line("Started worker-")
+        yield running
+    if clean_log:
+        assert not any(error in running.log for error in ERRORS), running.log
+
+
+@contextmanager
+def worker(name: str, *argv: str, env: dict[str, str] | None = None) -> Iterator[Running]:
+    """A process that serves no port (a job engine's worker, ``argv[0]`` in the
+    venv), run and stopped as :func:`launch` runs a server."""
+    with _supervised(name, [str(BIN / argv[0]), *argv[1:]], env, [], 0) as running:
+        yield running
+
+
+@contextmanager
+def _supervised(
+    name: str, argv: list[str], env: dict[str, str] | None, fds: list[int], port: int
+) -> Iterator[Running]:
+    process = subprocess.Popen(
+        argv,
+        cwd=TESTS,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)])} | (env or {}),
+        pass_fds=fds,
+        stdout=subprocess.PIPE,  # granian logs there, the others to stderr: one log
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    running = Running(name, process, port)
+    reader = threading.Thread(target=running._read, name=f"{name}-log", daemon=True)
     reader.start()
     try:
         with stopped_at_exit(process):
-            if server == "granian":
-                running.wait_for_line("Started worker-")
             yield running
     finally:
         reader.join(BOUND)
         assert process.stdout is not None
         process.stdout.close()
-    if clean_log:
-        assert not any(error in running.log for error in ERRORS), running.log
 
 
 @contextmanager

@@ -30,6 +30,9 @@ except ImportError as exc:
         ("asgi_sse_litestar", "litestar", "asgi-sse[litestar]"),
         ("asgi_sse_starlette", "starlette", "asgi-sse[starlette]"),
         ("asgi_sse.resumable.redis", "redis", "asgi-sse[redis]"),
+        ("asgi_sse.resumable.rq", "rq", "asgi-sse[rq]"),
+        ("asgi_sse.resumable.celery", "celery", "asgi-sse[celery]"),
+        ("asgi_sse.resumable.rq", "redis", "asgi-sse[rq]"),
     ],
 )
 def test_an_adapter_without_its_framework_names_the_extra(

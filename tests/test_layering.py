@@ -58,6 +58,7 @@ SANS_IO = [
     "asgi_sse.resumable._log",
     "asgi_sse.testing._messages",
     "asgi_sse._latest",
+    "asgi_sse.resumable._redis_lua",
 ]
 
 
@@ -116,10 +117,17 @@ def test_the_hub_imports_nothing_of_its_own() -> None:
     assert own("asgi_sse._hub") == set()
 
 
-@pytest.mark.parametrize("module", ["asgi_sse.resumable._store", "asgi_sse.resumable.redis"])
+BACKENDS = ["asgi_sse.resumable._store", "asgi_sse.resumable._memory", "asgi_sse.resumable.redis"]
+
+
+@pytest.mark.parametrize("module", BACKENDS)
 def test_backends_see_only_the_log_rules_and_each_other(module: str) -> None:
     """A backend stores and notifies; it knows nothing of streams, jobs or HTTP."""
-    assert own(module) <= {"asgi_sse.resumable._store", "asgi_sse.resumable._log"}
+    assert own(module) <= {
+        "asgi_sse.resumable._store",
+        "asgi_sse.resumable._log",
+        "asgi_sse.resumable._redis_lua",
+    }
 
 
 ADAPTERS = Path(__file__).parent.parent / "adapters"

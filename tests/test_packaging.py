@@ -12,6 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).parent.parent
 USER_EXTRAS = {
     "all",
+    "celery",
     "demo",
     "fastapi",
     "granian",
@@ -19,6 +20,7 @@ USER_EXTRAS = {
     "litestar",
     "quart",
     "redis",
+    "rq",
     "starlette",
     "unidecode",
     "uvicorn",

@@ -68,5 +68,6 @@ def test_the_resumable_example_resumes_after_the_last_event_id() -> None:
 def test_the_readme_lists_the_public_api_as_it_is() -> None:
     paragraph = README[README.index("The public API:") :].split("\n\n")[0]
     named = set(re.findall(r"`([A-Za-z_][A-Za-z_]*)`", paragraph))
-    public = set(asgi_sse.__all__) | set(asgi_sse.resumable.__all__) - {"ABANDONED_ERROR"}
+    constants = {"ABANDONED_ERROR", "CANCELLED_ERROR"}
+    public = set(asgi_sse.__all__) | set(asgi_sse.resumable.__all__) - constants
     assert named == public

@@ -1,14 +1,7 @@
 """Resumable jobs: a job runs detached from any one request and publishes its
-events to a log in a :class:`Backend`; each client watches the log from where
-it left off.
-
-The publisher is the same run as a plain stream's (a :class:`Job` run into a
-channel, under the same :class:`RunOptions`), drained by one task that appends
-each batch to the backend. Every event of such a run is numbered by it, in
-channel order, so an event's place in the channel is its id in the log. If the
-backend is unreachable the task retries the same batch, the channel fills and
-the job waits in its next report: backpressure, not loss. Clients follow the
-log with a :class:`Watch`.
+events to a log in a :class:`Backend` (see ``_publish``); each client watches
+the log from where it left off (a :class:`Watch`). A job runs here, in another
+process (:meth:`Jobs.run`), or on a job engine (:meth:`Jobs.perform`).
 """
 
 from __future__ import annotations
@@ -19,20 +12,12 @@ from contextlib import suppress
 from functools import partial
 from typing import Any
 
-from anyio import (
-    TASK_STATUS_IGNORED,
-    CapacityLimiter,
-    EndOfStream,
-    Event,
-    create_task_group,
-    current_time,
-    move_on_after,
-    sleep,
-)
+from anyio import TASK_STATUS_IGNORED, CapacityLimiter, Event, create_task_group, move_on_after
 from anyio.abc import TaskGroup, TaskStatus
 
 from .._bridge import Channel
 from .._encoder import Encoder
+from .._exceptions import JobCancelled
 from .._hub import Hub, Ticket
 from .._jobs import Job, JobRun
 from .._run import (
@@ -42,16 +27,15 @@ from .._run import (
     default_encoder,
     run_under,
 )
-from ._log import Retention, Trimmer, check_job_id, new_job_id
-from ._store import Backend, JobExists, JobLost, MemoryBackend, retrying
+from ._log import Retention, check_job_id, new_job_id
+from ._memory import MemoryBackend
+from ._publish import ABANDONED_ERROR, CANCELLED_ERROR, Attempt, Publisher
+from ._store import Backend, Cancel, JobExists, JobLost
 from ._watch import Watch
 
-__all__ = ["ABANDONED_ERROR", "Jobs"]
+__all__ = ["Jobs"]
 
 logger = logging.getLogger("asgi_sse")
-
-#: The data of the ``error`` event that ends a job nobody watched for its grace period.
-ABANDONED_ERROR = {"type": "JobAbandoned"}
 
 
 class Jobs:
@@ -188,6 +172,37 @@ class Jobs:
             await self.create(id)  # (publishing() refuses one that runs)
         return id
 
+    async def perform(
+        self,
+        job: Job[Any],
+        *,
+        id: str,
+        redelivered: bool = False,
+        retry_if: Callable[[BaseException], bool] | None = None,
+        keep_running: bool = False,
+    ) -> Any:
+        """Run one attempt of job ``id`` (recorded by :meth:`create`) for a job
+        engine, and return what the job returned or raise what it raised, as
+        the engine expects of a task. ``redelivered``: the engine delivers it
+        again (its worker died), so this attempt shuts out the last one.
+        ``retry_if(exc)``: whether the engine will run a failure again; the
+        log then says ``retrying`` rather than ending. An attempt that does
+        not run (the job was cancelled, abandoned, or has ended) raises
+        :class:`JobCancelled`, :class:`JobExists` or :class:`JobLost`."""
+        run = await self._run(
+            job,
+            check_job_id(id),
+            keep_running,
+            self.retention,
+            takeover=redelivered,
+            retry_if=retry_if,
+        )
+        if run.stopped:  # cancelled, abandoned, shut down: the engine must agree with the log
+            raise JobCancelled(f"job {id} was stopped before its end")
+        if run.exception is not None:
+            raise run.exception
+        return run.result
+
     async def _run(
         self,
         job: Job[Any],
@@ -195,19 +210,24 @@ class Jobs:
         keep_running: bool,
         retention: Retention,
         *,
+        takeover: bool = False,
+        retry_if: Callable[[BaseException], bool] | None = None,
         task_status: TaskStatus[None] = TASK_STATUS_IGNORED,
-    ) -> None:
-        async with self.backend.publishing(job_id):
+    ) -> Attempt:
+        grace = None if keep_running else self.grace
+        async with self.backend.publishing(job_id, takeover=takeover, grace=grace) as claim:
             task_status.started()
             channel = Channel(self.options.max_buffer_bytes)
-            run = self._running[job_id] = JobRun(
-                job, channel, self.options, f"resumable job {job_id} ({job!r})", log=True
-            )
+            what = f"resumable job {job_id} ({job!r})"
+            run = Attempt(job, channel, self.options, what, claim=claim, retry_if=retry_if)
+            self._running[job_id] = run
+            if claim.abandoned:  # unwatched while it waited: it never runs
+                channel.end(partial(run.farewell, ABANDONED_ERROR))
             try:
                 async with create_task_group() as tg:
                     tg.start_soon(self._source, run)
                     try:
-                        await self._publish_all(job_id, run, keep_running, retention)
+                        await Publisher(self.backend, job_id, run, retention, grace)()
                     finally:
                         # Tell the job before the task group waits for its thread
                         # (after a normal end, nobody is left to tell), and stop
@@ -222,24 +242,7 @@ class Jobs:
                 del self._running[job_id]
                 if not self._running and self._idle is not None:
                     self._idle.set()
-
-    async def _publish_all(
-        self, job_id: str, run: JobRun, keep_running: bool, retention: Retention
-    ) -> None:
-        """Publish until the channel ends, then mark the end: at once, without
-        waiting for a job that was stopped to reach its next report."""
-        trimmer = Trimmer(retention)
-        async with create_task_group() as helpers:
-            if not keep_running:
-                helpers.start_soon(self._cancel_unwatched, job_id, run)
-            helpers.start_soon(self._expire, job_id, trimmer)
-            end_id = await self._publish(job_id, run.channel, trimmer)
-            helpers.cancel_scope.cancel()
-        if end_id:
-            try:
-                await retrying(self.backend.finish, job_id, end_id, retention.max_age)
-            except JobLost:
-                logger.warning("job %s was declared lost before its end was recorded", job_id)
+        return run
 
     async def _source(self, run: JobRun) -> None:
         """Under the app's policy, if any: its limiter, and a slot waited for in
@@ -247,45 +250,41 @@ class Jobs:
         ticket = None if self._hub is None else Ticket()  # in line, not among the streams
         await run_under(run, run.channel, self.options.limiter, self._hub, ticket)
 
-    async def _publish(self, job_id: str, channel: Channel, trimmer: Trimmer) -> int:
-        """Append every batch the job makes; return the last (terminal) id.
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel job ``job_id``, wherever it runs: one still waiting (in an
+        engine's queue) ends at once with ``error {"type": "JobCancelled"}`` and
+        never runs; a running one gets :class:`JobCancelled` at its next report
+        (and ``on_progress.cancelled`` turns true), then ends with that event.
+        Returns False if it had already ended; raises :class:`JobLost` for an
+        unknown job, :class:`BackendUnavailable` if the backend cannot be reached."""
+        return await self._cancel(job_id) != "over"
 
-        An event's id is its place in the channel: its run numbers every
-        event it puts there, in channel order, and nothing else enters it.
-        """
-        last = 0
+    async def _cancel(self, job_id: str) -> Cancel:
+        run = self._running.get(job_id)
+        if run is not None:
+            run.channel.end(partial(run.farewell, CANCELLED_ERROR))
+            return "told"
         while True:
-            try:
-                batch = await channel.receive()
-            except EndOfStream:
-                return last
-            if not batch:
-                continue
-            now = current_time()
-            events = []
-            first = trimmer.first
-            for frame in batch:
-                last += 1
-                events.append((last, frame))
-                first = trimmer.add(last, len(frame), now)
-            try:
-                await retrying(self.backend.append, job_id, events, first)
-            except JobLost:  # cut off for longer than its lease: its watchers were told
-                logger.warning("job %s was declared lost; stopping it", job_id)
-                return 0
+            info = await self.backend.info(check_job_id(job_id))
+            if info is None:
+                raise JobLost(f"no job {job_id!r}")
+            end = info.last_id + 1
+            event = (end, self.options.encoder.message("error", end, CANCELLED_ERROR))
+            done = await self.backend.cancel(job_id, event)
+            if done != "moved":
+                return done
 
-    async def _cancel_unwatched(self, job_id: str, run: JobRun) -> None:
-        await retrying(self.backend.wait_unwatched, job_id, self.grace)
-        logger.info("job %s had no watcher for %ss: cancelling it", job_id, self.grace)
-        run.channel.end(partial(run.farewell, ABANDONED_ERROR))
-
-    async def _expire(self, job_id: str, trimmer: Trimmer) -> None:
-        """Drop events that age out while the job is silent (appends trim the rest)."""
-        while True:
-            await sleep(trimmer.retention.max_age / 4)
-            first = trimmer.first
-            if trimmer.expire(current_time()) != first:
-                await retrying(self.backend.append, job_id, (), trimmer.first)
+    async def note_queued(self, job_id: str, position: int | None) -> None:
+        """Tell the watchers of a job still waiting for an engine's worker its
+        place in the engine's queue (1: next), if the engine can tell: a
+        ``queued`` event, unless the job has started meanwhile."""
+        info = await self.backend.info(job_id)
+        if info is not None and info.state == "pending":
+            data = {} if position is None else {"position": position}
+            next_id = info.last_id + 1
+            await self.backend.note(
+                job_id, (next_id, self.options.encoder.message("queued", next_id, data))
+            )
 
     def watch(self, job_id: str, *, retry: int | None = None) -> Watch:
         """Job ``job_id`` as a source for :class:`~asgi_sse.EventStream` (or an

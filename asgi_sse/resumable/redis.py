@@ -3,31 +3,46 @@ publish and any process can stream (``pip install 'asgi-sse[redis]'``).
 
 Per job, under one hash tag (so Redis Cluster keeps them in one slot):
 
-- ``{id}:log``, a stream of the encoded events, entry ``N-0`` for event ``N``,
-  trimmed exactly with ``MINID`` on every ``XADD``; entry ``N-1`` marks event
-  ``N`` terminal, so a watcher blocked in ``XREAD`` learns of the end from the
-  stream itself.
-- ``{id}:meta``, a hash: state, terminal id, newest id, how long to keep it.
+- ``{id}:log``, a stream of the encoded events, one entry per batch (see
+  :mod:`._redis_lua`), trimmed with ``MINID`` on every ``XADD``; an end marker
+  entry, so a watcher blocked in ``XREAD`` learns of the end from the stream.
+- ``{id}:meta``, a hash: state, terminal id, newest id, how long to keep it,
+  the token of the attempt that publishes it (an attempt shut out by a later
+  one cannot write).
 - ``{id}:alive``, set by the publisher every ``lease / 3`` seconds with a
   ``lease`` expiry: a job whose publisher stops refreshing it (its process
   died) is lost, and its watchers are told so.
 - ``{id}:watched``, likewise set by every watcher: a job whose key has been
   missing for the grace period has nobody watching.
+- ``{id}:ctl``, a list the publisher blocks on: a cancel reaches it at once.
 
-Every write is idempotent, so a retry after a lost reply is safe. Asyncio only.
+Every write is one script, idempotent, so a retry after a lost reply is safe.
+Asyncio only.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from anyio import CancelScope, create_task_group, current_time, move_on_after, sleep
 
-from ._store import BackendUnavailable, JobExists, JobInfo, JobLost, Page, State, retrying
+from ._redis_lua import APPEND, CANCEL, CLAIM, CREATE, FINISH, LOSE, NOTE, RELEASE, RENEW, UNWATCH
+from ._store import (
+    BackendUnavailable,
+    Cancel,
+    Claim,
+    JobExists,
+    JobInfo,
+    JobLost,
+    Page,
+    State,
+    retrying,
+)
 
 try:
     from redis import exceptions as redis_errors
@@ -48,80 +63,6 @@ _PASSING = (
 
 logger = logging.getLogger("asgi_sse")
 T = TypeVar("T")
-
-# KEYS: meta, alive, log. A running job's keys expire a lease plus ``keep`` after
-# its publisher's last renewal: a publisher that dies leaves nothing for ever.
-# 1: created (or by this same call before); 0: the id is taken.
-_CREATE = """
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner then return owner == ARGV[2] and 1 or 0 end
-redis.call('HSET', KEYS[1], 'state', 'pending', 'last', 0, 'keep', ARGV[1], 'owner', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
-# 1: claimed (by this publisher); 0: it has another publisher; -1: unknown.
-_CLAIM = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return -1 end
-if state ~= 'pending' then
-    return redis.call('HGET', KEYS[1], 'publisher') == ARGV[2] and 1 or 0
-end
-redis.call('HSET', KEYS[1], 'state', 'running', 'publisher', ARGV[2])
-redis.call('SET', KEYS[2], 1, 'PX', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[1] + redis.call('HGET', KEYS[1], 'keep'))
-return 1
-"""
-# The publisher's sign of life. 0: the job is no longer its to publish (lost).
-_RENEW = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
-local ttl = ARGV[1] + redis.call('HGET', KEYS[1], 'keep')
-redis.call('SET', KEYS[2], 1, 'PX', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('PEXPIRE', KEYS[3], ttl)
-return 1
-"""
-# Lost: by its publisher leaving without finishing (ARGV[1] = 1), or, seen by a
-# watcher, by its lease running out (ARGV[1] = 0: only if it has). Kept ``keep`` more.
-_LOSE = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
-if ARGV[1] == '0' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-local keep = redis.call('HGET', KEYS[1], 'keep')
-redis.call('HSET', KEYS[1], 'state', 'lost')
-redis.call('DEL', KEYS[2])
-redis.call('PEXPIRE', KEYS[1], keep)
-redis.call('PEXPIRE', KEYS[3], keep)
-return 1
-"""
-# Events numbered from ARGV[2] on; those the log already has (a retry) are
-# skipped. -1: the job is no longer running (declared lost): publish nothing.
-_APPEND = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return -1 end
-local last = tonumber(redis.call('HGET', KEYS[1], 'last'))
-local minid = ARGV[1] .. '-0'
-local id = tonumber(ARGV[2])
-for i = 3, #ARGV do
-    if id > last then
-        redis.call('XADD', KEYS[3], 'MINID', minid, id .. '-0', 'd', ARGV[i])
-        last = id
-    end
-    id = id + 1
-end
-if #ARGV == 2 then redis.call('XTRIM', KEYS[3], 'MINID', minid) end
-redis.call('HSET', KEYS[1], 'last', last)
-return last
-"""
-# The end: marker entry N-1 after terminal event N, so blocked readers see it.
-_FINISH = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'ended' then return 1 end
-if state ~= 'running' then return -1 end
-redis.call('HSET', KEYS[1], 'state', 'ended', 'end', ARGV[1])
-redis.call('DEL', KEYS[2])
-redis.call('XADD', KEYS[3], ARGV[1] .. '-1', 'e', 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[3], ARGV[2])
-return 1
-"""
 
 
 def _ms(seconds: float) -> int:
@@ -158,12 +99,17 @@ class RedisBackend:
         self.lease = lease
         self.block = block
         self.page = page
-        self._create = client.register_script(_CREATE)
-        self._claim = client.register_script(_CLAIM)
-        self._renew = client.register_script(_RENEW)
-        self._lose = client.register_script(_LOSE)
-        self._append = client.register_script(_APPEND)
-        self._finish = client.register_script(_FINISH)
+        self._tokens: dict[str, str] = {}  # job id: the token of the attempt publishing it here
+        self._create = client.register_script(CREATE)
+        self._claim = client.register_script(CLAIM)
+        self._renew = client.register_script(RENEW)
+        self._lose = client.register_script(LOSE)
+        self._release = client.register_script(RELEASE)
+        self._append = client.register_script(APPEND)
+        self._finish = client.register_script(FINISH)
+        self._note = client.register_script(NOTE)
+        self._cancel = client.register_script(CANCEL)
+        self._unwatch = client.register_script(UNWATCH)
 
     def _key(self, job_id: str, part: str) -> str:
         return f"{self.prefix}{{{job_id}}}:{part}"
@@ -185,53 +131,86 @@ class RedisBackend:
         raise BackendUnavailable(f"redis: unreachable for {self.lease}s")
 
     def _keys(self, job_id: str) -> list[str]:
-        return [self._key(job_id, part) for part in ("meta", "alive", "log")]
+        return [self._key(job_id, part) for part in ("meta", "alive", "log", "watched", "ctl")]
+
+    def _token(self, job_id: str) -> str:
+        try:
+            return self._tokens[job_id]
+        except KeyError:
+            raise JobLost(f"job {job_id!r} is not published here") from None
 
     async def create(self, job_id: str, keep: float) -> None:
         token = secrets.token_hex(8)  # so that a retry of this very call is not refused
-        if not await self._once(self._create, self._keys(job_id)[:1], [_ms(keep), token]):
+        if not await self._once(self._create, self._keys(job_id), [_ms(keep), token]):
             raise JobExists(f"job {job_id!r} already exists")
 
     @asynccontextmanager
-    async def publishing(self, job_id: str) -> AsyncIterator[None]:
-        keys, token = self._keys(job_id), secrets.token_hex(8)
-        claimed = await self._once(self._claim, keys[:2], [_ms(self.lease), token])
-        if claimed == -1:
-            raise JobLost(f"no job {job_id!r}")
-        if claimed == 0:
+    async def publishing(
+        self, job_id: str, *, takeover: bool = False, grace: float | None = None
+    ) -> AsyncIterator[Claim]:
+        if job_id in self._tokens:  # a publisher in this process is alive: never taken over
             raise JobExists(f"job {job_id!r} already has a publisher")
+        keys, token = self._keys(job_id), secrets.token_hex(8)
+        args = [_ms(self.lease), token, int(takeover), -1 if grace is None else _ms(grace)]
+        code, last, attempt = await self._once(self._claim, keys, args)
+        if code == -1:
+            raise JobLost(f"no job {job_id!r}")
+        if code in (0, -2):
+            what = "already has a publisher" if code == 0 else "has ended"
+            raise JobExists(f"job {job_id!r} {what}")
+        self._tokens[job_id] = token
         try:
             async with create_task_group() as tg:
-                tg.start_soon(self._renew_lease, keys)
+                tg.start_soon(self._renew_lease, keys, token)
                 try:
-                    yield
+                    yield Claim(last, attempt, taken_over=code == 2, abandoned=code == 3)
                 finally:
                     tg.cancel_scope.cancel()
         finally:
+            del self._tokens[job_id]
             # Also when cancelled: the job is not running any more, say so now.
             with CancelScope(shield=True), move_on_after(self.lease):
                 try:
-                    await self._call(self._lose, keys=keys, args=[1])
+                    await self._call(self._lose, keys=keys, args=[token])
                 except BackendUnavailable:
                     logger.warning("job %s: could not mark it lost; its lease will run out", job_id)
 
-    async def _renew_lease(self, keys: list[str]) -> None:
+    async def _renew_lease(self, keys: list[str], token: str) -> None:
         while True:
             await sleep(self.lease / 3)  # a lease renewal period, not a wait for an event
             with suppress(BackendUnavailable):  # renewed on the next round: watchers
-                await self._call(self._renew, keys=keys, args=[_ms(self.lease)])  # wait a lease
+                await self._call(self._renew, keys=keys, args=[_ms(self.lease), token])
+
+    async def release(self, job_id: str) -> None:
+        await self._once(self._release, self._keys(job_id), [self._token(job_id)])
+
+    async def note(self, job_id: str, event: tuple[int, bytes]) -> bool:
+        return bool(await self._once(self._note, self._keys(job_id), list(event)))
+
+    async def cancel(self, job_id: str, event: tuple[int, bytes]) -> Cancel:
+        done: bytes = await self._once(self._cancel, self._keys(job_id), list(event))
+        return cast(Cancel, done.decode())
+
+    async def wait_cancelled(self, job_id: str) -> None:
+        ctl = self._key(job_id, "ctl")
+        while not await retrying(self._call, self.client.blpop, [ctl], timeout=self.block):
+            pass
 
     async def append(self, job_id: str, events: Sequence[tuple[int, bytes]], first: int) -> None:
-        # One script call per batch: atomic, and one command to pack however
-        # many events the batch holds.
-        args: list[int | bytes] = [first, events[0][0] if events else 0]
-        args += [frame for _, frame in events]
+        # One entry per batch: however many events it holds, one script call,
+        # one XADD, and one entry for each watcher to read.
+        args: list[int | bytes | str] = [self._token(job_id), first]
+        if events:
+            frames = [frame for _, frame in events]
+            args += [events[0][0], struct.pack(f"<{len(frames)}I", *map(len, frames))]
+            args.append(b"".join(frames))
         if await self._call(self._append, keys=self._keys(job_id), args=args) == -1:
-            raise JobLost(f"job {job_id!r} was declared lost (its lease ran out)")
+            raise JobLost(f"job {job_id!r} is no longer this attempt's to publish")
 
     async def finish(self, job_id: str, end_id: int, keep: float) -> None:
-        if await self._call(self._finish, keys=self._keys(job_id), args=[end_id, _ms(keep)]) == -1:
-            raise JobLost(f"job {job_id!r} was declared lost (its lease ran out)")
+        args = [self._token(job_id), end_id, _ms(keep)]
+        if await self._call(self._finish, keys=self._keys(job_id), args=args) == -1:
+            raise JobLost(f"job {job_id!r} is no longer this attempt's to publish")
 
     async def info(self, job_id: str) -> JobInfo | None:
         meta, alive = self._key(job_id, "meta"), self._key(job_id, "alive")
@@ -252,14 +231,26 @@ class RedisBackend:
             self.client.xread, {log: f"{after}-0"}, count=self.page, block=_ms(self.block)
         )
         if reply:
+            entries = reply[0][1]
             events: list[tuple[int, bytes]] = []
             end_id = None
-            for entry_id, fields in reply[0][1]:
+            # The newest batch knows best what trimming keeps (a batch that
+            # trimming cut into stays whole in the stream).
+            for _, fields in reversed(entries):
+                if b"k" in fields:
+                    after = max(after, int(fields[b"k"]) - 1)
+                    break
+            for entry_id, fields in entries:
                 number, _, sub = entry_id.partition(b"-")
                 if sub == b"1":  # the end marker
                     end_id = int(number)
-                else:
-                    events.append((int(number), fields[b"d"]))
+                    continue
+                event_id, data, start = int(fields[b"f"]), fields[b"d"], 0
+                for size in struct.unpack(f"<{len(fields[b'n']) // 4}I", fields[b"n"]):
+                    if event_id > after:  # a batch may start before the cursor
+                        events.append((event_id, data[start : start + size]))
+                    event_id += 1
+                    start += size
             return Page(events, end_id)
         # Nothing for a while: is anyone still publishing?
         info = await self.info(job_id)
@@ -267,7 +258,7 @@ class RedisBackend:
             # Give a publisher cut off from Redis (a restart) one lease to come back,
             # then make it official, so that it publishes nothing more if it does.
             await sleep(self.lease)  # a lease period, not a wait for an event
-            await self._call(self._lose, keys=self._keys(job_id), args=[0])
+            await self._call(self._lose, keys=self._keys(job_id), args=[""])
             info = await self.info(job_id)
         if info is None or info.state == "lost":
             raise JobLost(f"job {job_id!r} is gone")
@@ -276,18 +267,24 @@ class RedisBackend:
     @asynccontextmanager
     async def watching(self, job_id: str) -> AsyncIterator[None]:
         watched = self._key(job_id, "watched")
-        async with create_task_group() as tg:
-            tg.start_soon(self._renew_watch, watched)
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
+        try:
+            with suppress(BackendUnavailable):  # counted from now on (else from the next round)
+                await self._call(self.client.set, watched, 1, px=_ms(self.lease))
+            async with create_task_group() as tg:
+                tg.start_soon(self._renew_watch, watched)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:  # a job still in its engine's queue counts as unwatched from now
+            with CancelScope(shield=True), move_on_after(self.lease), suppress(BackendUnavailable):
+                await self._call(self._unwatch, keys=self._keys(job_id), args=[])
 
     async def _renew_watch(self, watched: str) -> None:
         while True:
+            await sleep(self.lease / 3)  # a lease renewal period, not a wait for an event
             with suppress(BackendUnavailable):  # renewed on the next round
                 await self._call(self.client.set, watched, 1, px=_ms(self.lease))
-            await sleep(self.lease / 3)  # a lease renewal period, not a wait for an event
 
     async def wait_unwatched(self, job_id: str, grace: float) -> None:
         watched = self._key(job_id, "watched")

@@ -1,0 +1,356 @@
+"""Resumable jobs on the job engines users run: real ``rq worker`` and ``celery
+worker`` processes (prefork and threads pools) run them, a real hypercorn serves
+their watchers (``engines_app``), a real redis-server holds queues and logs.
+
+Each test waits on what it checks (an event in the stream, a worker's log line,
+the engine's own record of the end, a note the job wrote), never on time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from celery import Celery
+from processes import BOUND, Running, launch, worker
+from redis import Redis
+from redis_server import RedisServer, start_redis
+from rq.job import Job as RQJob
+from rq.results import Result
+from sse_spec import parse_stream
+
+from asgi_sse.resumable import BackendUnavailable
+
+TERMINAL = ("completed", "error")
+
+
+@dataclass
+class Engine:
+    """One job engine, as the tests drive it: its workers and its record of a job's end."""
+
+    name: str  # rq, celery-prefork, celery-threads
+    url: str
+
+    @property
+    def kind(self) -> str:
+        return self.name.split("-")[0]
+
+    def worker(self, queue: str) -> AbstractContextManager[Running]:
+        env = {"ENGINE_TEST_REDIS": self.url}
+        if self.kind == "rq":
+            return worker(self.name, "rq", "worker", "-u", self.url, queue, env=env)
+        pool = self.name.split("-")[1]
+        argv = ["celery", "-A", "celery_tasks", "worker", "-Q", queue, "--pool", pool]
+        argv += ["-c", "2", "-l", "info", "-n", f"{queue}@%h"]
+        argv += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
+        return worker(self.name, *argv, env=env)
+
+    @contextmanager
+    def started(self, queue: str) -> Iterator[Running]:
+        with self.worker(queue) as running:
+            running.wait_for_line("Listening on" if self.kind == "rq" else " ready.")
+            yield running
+
+    def outcome(self, job_id: str) -> tuple[str, Any]:
+        """The engine's own record of the job's end, waited for (the log ends first):
+        ("SUCCESS", its result), ("FAILURE", the error's text) or ("REVOKED", None)."""
+        if self.kind == "rq":
+            connection = Redis.from_url(self.url)
+            result = RQJob.fetch(job_id, connection=connection).latest_result(timeout=int(BOUND))
+            assert result is not None, f"RQ recorded no end of job {job_id}"
+            if result.type == Result.Type.SUCCESSFUL:
+                return "SUCCESS", result.return_value
+            return "FAILURE", result.exc_string
+        outcome = Celery(backend=self.url).AsyncResult(job_id)
+        value = outcome.get(timeout=BOUND, propagate=False)
+        if outcome.state == "REVOKED":
+            return "REVOKED", None
+        return outcome.state, value if outcome.state == "SUCCESS" else str(value)
+
+
+ENGINES = ["rq", "celery-prefork", "celery-threads"]
+#: Where a job's process can be killed apart from its worker: the threads pool runs
+#: jobs in the worker's own process.
+KILLABLE = ["rq", "celery-prefork"]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server: RedisServer = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def engine(request: pytest.FixtureRequest, redis_url: str) -> Engine:
+    """Module-scoped, so that each engine's web process and worker serve all its tests."""
+    return Engine(request.param, redis_url)
+
+
+@pytest.fixture(scope="module")
+def web(engine: Engine) -> Iterator[httpx.Client]:
+    env = {"ENGINE_TEST_REDIS": engine.url, "ENGINE": engine.kind}
+    with (
+        launch("hypercorn-asyncio", "engines_app:app", env=env) as running,
+        httpx.Client(base_url=running.url, timeout=BOUND) as client,
+    ):
+        yield client
+
+
+@pytest.fixture(scope="module")
+def default_worker(engine: Engine) -> Iterator[Running]:
+    with engine.started("default") as running:
+        yield running
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def tag() -> str:
+    return uuid.uuid4().hex
+
+
+def enqueue(web: httpx.Client, **query: Any) -> str:
+    response = web.post("/jobs", params=query)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def watch(
+    web: httpx.Client, job_id: str, *, stop: str | None = None, **query: Any
+) -> list[dict[str, str]]:
+    """The job's events, read until its terminal event (or the first ``stop`` event)."""
+    seen = b""
+    with web.stream("GET", f"/jobs/{job_id}/events", params=query) as response:
+        assert response.status_code == 200, response.read()
+        for chunk in response.iter_bytes():
+            seen += chunk
+            events = parse_stream(seen)
+            if events and events[-1]["event"] in (stop, *TERMINAL):
+                return events
+    raise AssertionError(f"the stream ended before its end: {seen!r}")
+
+
+def data(event: dict[str, str]) -> Any:
+    return json.loads(event["data"])
+
+
+def ids(events: list[dict[str, str]]) -> list[int]:
+    return [int(e["id"]) for e in events]
+
+
+def notes(redis: Redis, job_tag: str) -> list[bytes]:
+    return list(redis.lrange(f"notes:{job_tag}", 0, -1))
+
+
+def without_queued(events: list[dict[str, str]]) -> list[dict[str, str]]:
+    """A worker may start the job before the web side says where it waits: both are right."""
+    return [e for e in events if e["event"] != "queued"]
+
+
+def delivered(engine: Engine, queue: str, job_ids: list[str]) -> None:
+    """Start a worker on ``queue`` and return once it has dealt with every job there
+    (RQ: a burst worker, which exits when the queue is empty; Celery: a worker's
+    log line for each task it refused to run)."""
+    if engine.kind == "rq":
+        with worker("rq", "rq", "worker", "-u", engine.url, "--burst", queue) as burst:
+            burst.process.wait(BOUND)
+        return
+    with engine.started(queue) as running:
+        for job_id in job_ids:
+            running.wait_for_line(f"[{job_id}] ignored")
+
+
+def test_a_job_streams_its_reports_and_its_result_from_a_real_worker(
+    web: httpx.Client, engine: Engine, default_worker: Running
+) -> None:
+    job_id = enqueue(web, task="steps", tag=tag(), n=5)
+    events = watch(web, job_id)
+    assert ids(events) == list(range(1, len(events) + 1))
+    work = without_queued(events)
+    assert [data(e)["details"]["i"] for e in work[:-1]] == [1, 2, 3, 4, 5]
+    assert work[-1]["event"] == "completed"
+    result = data(work[-1])
+    assert result["steps"] == 5
+    assert engine.outcome(job_id) == ("SUCCESS", result)  # the engine's own result backend
+    # Resumed from the middle, on another connection: the rest, once.
+    assert watch(web, job_id, last_event_id=events[2]["id"]) == events[3:]
+
+
+def test_a_job_waiting_in_the_queue_says_where_and_a_cancelled_one_never_runs(
+    web: httpx.Client, engine: Engine, redis: Redis
+) -> None:
+    queue, tags = f"idle-{tag()}", [tag(), tag()]
+    job_ids = [enqueue(web, task="steps", tag=t, n=3, queue=queue) for t in tags]
+    for position, job_id in enumerate(job_ids, start=1):
+        (queued,) = watch(web, job_id, stop="queued", queue=queue)
+        assert (queued["event"], queued["id"]) == ("queued", "1")
+        assert data(queued) == {"position": position}
+    for job_id in job_ids:
+        cancelled = web.post(f"/jobs/{job_id}/cancel", params={"queue": queue})
+        assert cancelled.json() == {"cancelled": True}
+    delivered(engine, queue, job_ids)  # Celery delivers a revoked task to a new worker
+    for job_tag, job_id in zip(tags, job_ids, strict=True):
+        events = watch(web, job_id, queue=queue)
+        assert [(e["event"], e["id"]) for e in events] == [("queued", "1"), ("error", "2")]
+        assert data(events[-1]) == {"type": "JobCancelled"}
+        assert notes(redis, job_tag) == []
+    again = web.post(f"/jobs/{job_ids[0]}/cancel", params={"queue": queue})
+    assert again.json() == {"cancelled": False}
+
+
+def test_a_queued_job_nobody_watched_for_its_grace_never_runs(
+    web: httpx.Client, engine: Engine, redis: Redis
+) -> None:
+    queue, job_tag = f"idle-{tag()}", tag()
+    job_id = enqueue(web, task="steps", tag=job_tag, n=3, queue=queue, grace=0)
+    delivered(engine, queue, [job_id])  # delivered, though nobody watches
+    events = watch(web, job_id, queue=queue, grace=0)
+    assert [e["event"] for e in without_queued(events)] == ["error"]
+    assert data(events[-1]) == {"type": "JobAbandoned"}
+    assert notes(redis, job_tag) == []
+
+
+@pytest.mark.parametrize(
+    ("task", "seen"), [("until_cancelled", b"cancelled"), ("polls", b"saw cancelled")]
+)
+@pytest.mark.usefixtures("default_worker")
+def test_a_running_job_is_cancelled_at_its_next_report_and_not_retried(
+    web: httpx.Client, engine: Engine, redis: Redis, task: str, seen: bytes
+) -> None:
+    job_tag = tag()
+    job_id = enqueue(web, task=task, tag=job_tag, retry=2)
+    watch(web, job_id, stop="progress")  # it runs
+    assert web.post(f"/jobs/{job_id}/cancel").json() == {"cancelled": True}
+    events = watch(web, job_id)
+    assert events[-1]["event"] == "error"
+    assert data(events[-1]) == {"type": "JobCancelled"}
+    assert ids(events) == list(range(1, len(events) + 1))
+    state, _ = engine.outcome(job_id)
+    assert state == ("FAILURE" if engine.kind == "rq" else "REVOKED")
+    assert notes(redis, job_tag) == [b"ran", seen]  # ran once: not retried
+
+
+def test_a_job_that_raises_ends_with_its_type_only(
+    web: httpx.Client, engine: Engine, default_worker: Running
+) -> None:
+    job_id = enqueue(web, task="fails", tag=tag())
+    events = without_queued(watch(web, job_id))
+    assert [e["event"] for e in events] == ["progress", "error"]
+    assert data(events[-1]) == {"type": "ValueError"}
+    state, error = engine.outcome(job_id)
+    assert state == "FAILURE"
+    assert "a secret the client must not see" in error  # the engine keeps what the client must not
+
+
+def test_a_retried_job_says_so_and_its_ids_go_on(
+    web: httpx.Client, engine: Engine, default_worker: Running
+) -> None:
+    job_id = enqueue(web, task="flaky", tag=tag(), retry=1)
+    events = watch(web, job_id)
+    assert ids(events) == list(range(1, len(events) + 1))
+    assert [(e["event"], data(e)) for e in without_queued(events)] == [
+        ("progress", {"step": "attempt", "details": {"n": 1}}),
+        ("retrying", {"type": "ValueError", "attempt": 1}),
+        ("progress", {"step": "attempt", "details": {"n": 2}}),
+        ("completed", {"attempts": 2}),
+    ]
+    assert engine.outcome(job_id) == ("SUCCESS", {"attempts": 2})
+
+
+def kill_when_started(web: httpx.Client, job_id: str, **query: Any) -> int:
+    """SIGKILL the process that runs the job, once it has reported its pid."""
+    (*_, started) = watch(web, job_id, stop="progress", **query)
+    pid = int(data(started)["details"]["pid"])
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+@pytest.mark.parametrize("engine", KILLABLE, indirect=True)
+def test_a_worker_killed_mid_job_is_lost_to_its_watchers(
+    web: httpx.Client, engine: Engine, default_worker: Running
+) -> None:
+    job_id = enqueue(web, task="hangs", tag=tag(), lease=0.5)
+    kill_when_started(web, job_id, lease=0.5)
+    events = without_queued(watch(web, job_id, lease=0.5))
+    assert [e["event"] for e in events] == ["progress", "error"]
+    assert data(events[-1]) == {"type": "JobLost"}
+
+
+@pytest.mark.parametrize("engine", KILLABLE, indirect=True)
+def test_a_job_delivered_again_after_its_worker_died_goes_on(
+    web: httpx.Client, engine: Engine, default_worker: Running
+) -> None:
+    job_id = enqueue(web, task="hangs", tag=tag(), retry=1)
+    pid = kill_when_started(web, job_id)
+    events = watch(web, job_id)
+    assert ids(events) == list(range(1, len(events) + 1))
+    work = [(e["event"], data(e)) for e in without_queued(events)]
+    assert work[:2] == [
+        ("progress", {"step": "attempt", "details": {"n": 1, "pid": pid}}),
+        ("retrying", {"type": "WorkerLost", "attempt": 1}),
+    ]
+    assert work[2][1]["details"]["n"] == 2
+    assert work[3:] == [("completed", {"attempts": 2})]
+
+
+def test_bad_input_is_refused_before_anything_is_queued(web: httpx.Client) -> None:
+    query = {"task": "steps", "tag": "t", "arg": "unserializable"}  # as its n
+    unserializable = web.post("/jobs", params=query)
+    assert unserializable.status_code == 422
+    assert "cannot send this job" in unserializable.json()["detail"]
+    not_a_progress_job = web.post("/jobs", params={"task": "no_progress", "tag": "t"})
+    assert not_a_progress_job.status_code == 422
+    assert "progress" in not_a_progress_job.json()["detail"]
+    assert web.get("/jobs/no-such-job/events").status_code == 404
+    assert web.post("/jobs/no-such-job/cancel").status_code == 404
+
+
+@contextmanager
+def port_nobody_listens_on() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("kind", ["rq", "celery"])
+async def test_redis_unreachable_at_enqueue_is_a_clear_error(kind: str) -> None:
+    import engine_tasks  # noqa: PLC0415
+
+    with port_nobody_listens_on() as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        jobs: Any
+        if kind == "rq":
+            from rq import Queue  # noqa: PLC0415
+
+            from asgi_sse.resumable.rq import RQJobs  # noqa: PLC0415
+
+            jobs, task = (
+                RQJobs(Queue(connection=Redis.from_url(url)), lease=0.2),
+                engine_tasks.steps,
+            )
+        else:
+            from asgi_sse.resumable.celery import CeleryJobs, progress_task  # noqa: PLC0415
+
+            app = Celery("unreachable", broker=url)
+            task = progress_task(app, name="unreachable.steps")(engine_tasks.steps)
+            jobs = CeleryJobs(app, lease=0.2)
+        with pytest.raises(BackendUnavailable):
+            await jobs.enqueue(task, "t", 1)

@@ -1,0 +1,116 @@
+"""``Jobs.perform`` and ``Jobs.cancel``, the doors the job engines use, in process
+on the in-memory backend (asyncio and trio); test_engines runs them on real
+Celery and RQ workers."""
+
+from __future__ import annotations
+
+import threading
+
+import anyio
+import pytest
+from conftest import BOUND
+from sse_spec import parse_stream
+
+from asgi_sse import Job, JobCancelled, Reporter
+from asgi_sse.resumable import JobExists, JobLost, Jobs
+
+pytestmark = pytest.mark.anyio
+
+
+async def log(jobs: Jobs, job_id: str) -> list[tuple[str, str, str]]:
+    """(id, event, data) of every event the job's log holds, read to its end."""
+    seen, after = b"", 0
+    with anyio.fail_after(BOUND):
+        while True:
+            page = await jobs.backend.read(job_id, after)
+            for event_id, frame in page.events:
+                seen, after = seen + frame, event_id
+            if page.end_id is not None and after >= page.end_id:
+                return [(e["id"], e["event"], e["data"]) for e in parse_stream(seen)]
+
+
+def twice(attempts: list[int], on_progress: Reporter) -> str:
+    attempts.append(len(attempts) + 1)
+    on_progress("attempt", {"n": len(attempts)})
+    if len(attempts) == 1:
+        raise ValueError("first")
+    return "done"
+
+
+async def test_perform_returns_the_result_and_a_retried_failure_continues_the_log() -> None:
+    jobs, attempts = Jobs(), []
+    job_id = await jobs.create()
+    with pytest.raises(ValueError, match="first"):  # the engine sees the failure, to retry it
+        await jobs.perform(Job(twice, attempts), id=job_id, retry_if=lambda e: True)
+    info = await jobs.backend.info(job_id)
+    assert info is not None
+    assert info.state == "pending"  # waiting for its next attempt, not ended
+    assert await jobs.perform(Job(twice, attempts), id=job_id) == "done"
+    assert await log(jobs, job_id) == [
+        ("1", "progress", '{"step":"attempt","details":{"n":1}}'),
+        ("2", "retrying", '{"type":"ValueError","attempt":1}'),
+        ("3", "progress", '{"step":"attempt","details":{"n":2}}'),
+        ("4", "completed", '"done"'),
+    ]
+    with pytest.raises(JobExists):  # delivered once more: it has ended, and does not run
+        await jobs.perform(Job(twice, attempts), id=job_id)
+    assert attempts == [1, 2]
+
+
+async def test_a_failure_not_to_be_retried_ends_the_job() -> None:
+    jobs = Jobs()
+    job_id = await jobs.create()
+    with pytest.raises(ValueError, match="first"):
+        await jobs.perform(Job(twice, []), id=job_id, retry_if=lambda e: False)
+    assert [event for _, event, _ in await log(jobs, job_id)] == ["progress", "error"]
+
+
+async def test_a_performed_job_cancelled_raises_job_cancelled_for_its_engine() -> None:
+    jobs, started = Jobs(), threading.Event()
+
+    def until_cancelled(on_progress: Reporter) -> None:
+        on_progress("started", {})
+        started.set()
+        while True:
+            on_progress("tick", {})  # raises JobCancelled once the job is cancelled
+            threading.Event().wait(0.01)  # the job's pace, not a synchronisation
+
+    job_id = await jobs.create()
+    outcome: list[BaseException] = []
+
+    async def perform() -> None:
+        try:
+            await jobs.perform(Job(until_cancelled), id=job_id)
+        except JobCancelled as exc:
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(perform)
+        with anyio.fail_after(BOUND):
+            await anyio.to_thread.run_sync(started.wait)
+        assert await jobs.cancel(job_id)
+    assert len(outcome) == 1
+    (*_, last) = await log(jobs, job_id)
+    assert last[1:] == ("error", '{"type":"JobCancelled"}')
+    assert not await jobs.cancel(job_id)  # it has ended
+
+
+async def test_a_waiting_job_cancelled_never_runs_and_says_where_it_waited() -> None:
+    jobs, ran = Jobs(), []
+    job_id = await jobs.create()
+    await jobs.note_queued(job_id, 3)
+    assert await jobs.cancel(job_id)
+    with pytest.raises(JobExists):
+        await jobs.perform(Job(lambda on_progress: ran.append(1)), id=job_id)
+    assert ran == []
+    assert await log(jobs, job_id) == [
+        ("1", "queued", '{"position":3}'),
+        ("2", "error", '{"type":"JobCancelled"}'),
+    ]
+    with pytest.raises(JobLost):
+        await jobs.cancel("no-such-job")
+
+
+async def test_perform_refuses_a_bad_id_before_anything_runs() -> None:
+    with pytest.raises(ValueError, match="job id"):
+        await Jobs().perform(Job(lambda on_progress: None), id="a b")
