@@ -22,7 +22,7 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -145,6 +145,20 @@ async def floor(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         return await lifespan(receive, send)
     params = Params.parse(scope["query_string"])
+    await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+    async for batch in relay(params):
+        if batch:
+            await send({"type": "http.response.body", "body": b"".join(batch), "more_body": True})
+        else:
+            await send({"type": "http.response.body", "body": b": ping\n\n", "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return None
+
+
+async def relay(params: Params) -> AsyncIterator[list[bytes]]:
+    """The hand-written floor's hand-off: the job in a thread of its own, its frames
+    batched under a lock, the loop woken only when it waits. Yields every batch, and
+    an empty one after ``hb`` seconds without any (a heartbeat is due)."""
     loop = asyncio.get_running_loop()
     lock = threading.Lock()
     pending: list[bytes] = []
@@ -172,7 +186,6 @@ async def floor(scope: Any, receive: Any, send: Any) -> None:
         result = job(params, on_progress)
         push(b"event: completed\nid: %d\ndata: %b\n\n" % (counter + 1, _encode(result)), last=True)
 
-    await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
     threading.Thread(target=run, daemon=True).start()
     while True:
         with lock:
@@ -180,17 +193,15 @@ async def floor(scope: Any, receive: Any, send: Any) -> None:
             pending.clear()
             if not batch:
                 if state["done"]:
-                    break
+                    return
                 state["waiting"] = True
                 wake.clear()
         if batch:
-            await send({"type": "http.response.body", "body": b"".join(batch), "more_body": True})
+            yield batch
         elif not params.hb:
             await wake.wait()
         else:
             try:
                 await asyncio.wait_for(wake.wait(), params.hb)
             except asyncio.TimeoutError:
-                await send({"type": "http.response.body", "body": b": ping\n\n", "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-    return None
+                yield []

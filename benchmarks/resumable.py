@@ -8,7 +8,10 @@ Three paths stream the same job (``apps.job``) to the same load client:
 - ``baseline``: ``EventStream(Job(...))``, the plain stream (``apps:asgi_sse``);
 - ``memory``: ``Jobs(MemoryBackend)``: the request starts the job and watches it;
 - ``redis``: the same with ``Jobs(RedisBackend)`` on a redis-server this script
-  starts on a free port (no persistence), flushed before every run.
+  starts on a free port (no persistence), flushed before every run;
+- ``redis_floor``: the hand-written floor of a log in Redis (``floor_app``): the
+  job's batches, one ``XADD`` each, relayed to the client by a blocking ``XREAD``.
+  No ids kept, no leases, no trimming, no cancel: only the two round trips.
 
 The app server is hypercorn (one worker, asyncio), fresh per run, pinned to
 core 0; this client and redis-server share core 1, so Redis does not take CPU
@@ -41,7 +44,8 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from apps import Params, job, lifespan
+import anyio
+from apps import _HEADERS, Params, job, lifespan, relay
 from client import load
 from run import PINNED, ROOT, Scenario, _server, _stop, meta, one_run, serve, server_cpu
 
@@ -83,9 +87,43 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
     await EventStream(_jobs_here.watch(job_id))(scope, receive, send)
 
 
+async def floor_app(scope: Any, receive: Any, send: Any) -> None:
+    """``redis_floor``: the hand-written floor's batches (``apps.relay``), one
+    ``XADD`` each; the response follows the stream with a blocking ``XREAD``."""
+    if scope["type"] == "lifespan":
+        return await lifespan(receive, send)
+    from redis.asyncio import Redis  # noqa: PLC0415
+
+    client = Redis.from_url(os.environ["BENCH_REDIS_URL"])
+    key = f"floor:{id(scope)}"
+
+    async def publish() -> None:
+        async for batch in relay(Params.parse(scope["query_string"])):
+            await client.xadd(key, {"d": b"".join(batch)})
+        await client.xadd(key, {"end": 1})
+
+    await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(publish)
+        after, ended = "0-0", False
+        while not ended:
+            reply = await client.xread({key: after}, block=1000)
+            if not reply:
+                continue
+            entries = reply[0][1]
+            after, ended = entries[-1][0], b"end" in entries[-1][1]
+            body = b"".join(fields.get(b"d", b"") for _, fields in entries)
+            if body:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await client.delete(key)
+    await client.aclose()
+    return None
+
+
 # -- the harness -------------------------------------------------------------------------
 
-PATHS = ("baseline", "memory", "redis")
+PATHS = ("baseline", "memory", "redis", "redis_floor")
 SCENARIOS = {
     "L": Scenario("L", "latency: 1 stream, 2000 events 1 ms apart", 1, 2000, 0.001, latency=True),
     "T1": Scenario("T1", "throughput: 1 stream x 200,000 events, no sleep", 1, 200_000),
@@ -142,9 +180,10 @@ def _wait_ready(port: int, server: subprocess.Popen[bytes], bound: float = 10.0)
 def _serve(path: str, redis_url: str, pool: int) -> AbstractContextManager[tuple[int, int]]:
     if path == "baseline":
         return serve("hypercorn", "asgi_sse", 0)
-    command = [sys.executable, "-m", "hypercorn", "benchmarks/resumable:app"]
+    target = "benchmarks/resumable:" + ("floor_app" if path == "redis_floor" else "app")
+    command = [sys.executable, "-m", "hypercorn", target]
     command += ["--workers", "1", "--backlog", "2048", "--log-level", "WARNING"]
-    env = {"BENCH_REDIS_URL": redis_url, "BENCH_REDIS_POOL": str(pool)} if path == "redis" else {}
+    env = {"BENCH_REDIS_URL": redis_url, "BENCH_REDIS_POOL": str(pool)} if redis_url else {}
     return _server([*command, "--bind", "fd://{fd}"], env)
 
 
@@ -241,7 +280,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/resumable.json")
     args = parser.parse_args()
-    if "redis" in args.paths and shutil.which("redis-server") is None:
+    on_redis = {"redis", "redis_floor"} & set(args.paths)
+    if on_redis and shutil.which("redis-server") is None:
         parser.error("the redis path needs redis-server on PATH")
     if PINNED:
         os.sched_setaffinity(0, {1})  # the app server gets core 0; redis-server inherits core 1
@@ -251,7 +291,7 @@ def main() -> None:
     runs = 1 if args.smoke else args.runs
     scenarios: dict[str, Any] = {}
     results = []
-    redis_cm = redis_server() if "redis" in args.paths else nullcontext(None)
+    redis_cm = redis_server() if on_redis else nullcontext(None)
     with redis_cm as redis:
         for key in args.scenarios:
             scenario = SCENARIOS[key]
@@ -264,7 +304,7 @@ def main() -> None:
                         measure(
                             scenario,
                             path,
-                            redis if path == "redis" else None,
+                            redis if path in on_redis else None,
                             pool=args.redis_pool,
                             index=index,
                             runs=runs,

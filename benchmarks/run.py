@@ -68,11 +68,14 @@ class Scenario:
     rcvbuf: int = 0
     deadline: float = 120.0
     only: tuple[str, ...] = ()  # implementations for this scenario (default: all but extras)
+    route: str = ""  # the path after "/", for an app that serves several ways at once
 
     @property
     def query(self) -> str:
         parts = {"n": self.n, "interval": self.interval, "hold": self.hold, "hb": self.hb}
-        return "/?" + "&".join(f"{key}={value:g}" for key, value in parts.items() if value)
+        return f"/{self.route}?" + "&".join(
+            f"{key}={value:g}" for key, value in parts.items() if value
+        )
 
 
 _ALL = tuple(name for name in MODULES if name != "asgi_sse_middleware")

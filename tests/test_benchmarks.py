@@ -189,7 +189,7 @@ def test_the_resumable_benchmark_measures_every_path_without_loss(tmp_path: Path
     )
     document = json.loads(out.read_text())
     runs = {(run["scenario"], run["name"]): run for run in document["runs"]}
-    paths = ("baseline", "memory", "redis")
+    paths = ("baseline", "memory", "redis", "redis_floor")
     assert set(runs) == {(s, path) for s in ("L", "T1", "T50") for path in paths}
     for key, run in runs.items():
         # Every event exactly once, in order, then the terminal event, on every path.
@@ -203,6 +203,32 @@ def test_the_resumable_benchmark_measures_every_path_without_loss(tmp_path: Path
     for path in paths:
         assert done.stdout.count(f"| {path} |") == 3, path
     assert "command: python benchmarks/resumable.py --smoke" in done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_the_engines_benchmark_loses_nothing_but_what_polling_misses(tmp_path: Path) -> None:
+    out = tmp_path / "engines.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/engines.py", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        check=True,
+        timeout=100,
+        capture_output=True,
+        text=True,
+    )
+    document = json.loads(out.read_text())
+    runs = {(run["scenario"], run["name"]): run for run in document["runs"]}
+    assert set(runs) == {(s, p) for s in ("L", "T1") for p in ("stream", "celery", "polling")}
+    for scenario in ("L", "T1"):
+        for path in ("stream", "celery"):  # pushed: every event once, in order, then the end
+            run = runs[scenario, path]
+            assert run["events"] == run["expected"] > 0, (scenario, path)
+            assert (run["lost"], run["disorder"], run["unfinished"]) == (0, 0, 0), (scenario, path)
+        polled = runs[scenario, "polling"]
+        assert polled["unfinished"] == 0  # it ends, having missed what came between two polls
+        assert polled["events"] < polled["expected"]
+    assert runs["L", "celery"]["latency_us"]["p50"] > 0
+    assert "command: python benchmarks/engines.py --smoke" in done.stdout
 
 
 def test_the_idle_benchmark_holds_every_stream_and_counts_its_heartbeats(tmp_path: Path) -> None:
