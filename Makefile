@@ -66,6 +66,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/inprocess.py --anyio
 	$(BIN)/python benchmarks/idle.py
 	$(BIN)/python benchmarks/resumable.py
+	$(BIN)/python benchmarks/engines.py
+	$(BIN)/python benchmarks/coalesce.py
 
 # Resumable jobs alone: plain stream vs Jobs in memory vs Jobs on a redis-server it starts.
 bench-resumable: $(STAMP)

@@ -3,6 +3,7 @@ metadata points nowhere it should not (issue 17, item 10)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -43,6 +44,14 @@ def test_the_wheel_publishes_the_users_extras_only_and_no_placeholder_address(
     assert set(metadata.get_all("Provides-Extra")) == USER_EXTRAS  # no dev, bench or docs
     assert metadata.get_all("Project-URL") is None
     assert "example.invalid" not in str(metadata)
+    # The long description is for pip users: what to install first, no make targets, and no
+    # relative links (they lead nowhere from a package index).
+    description = metadata.get_payload()
+    assert metadata["Description-Content-Type"] == "text/markdown"
+    assert description.startswith("# asgi-sse")
+    assert description.index("pip install") < description.index("```python")
+    assert "make " not in description
+    assert not re.search(r"\]\((?!https?://)", description), "a relative link"
     requires = metadata.get_all("Requires-Dist")
     assert [r for r in requires if "extra ==" not in r] == ["anyio>=4.11", "msgspec>=0.19"]
     # The adapters and the test client ship in the same wheel.

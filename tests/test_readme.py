@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import pytest
 from conftest import BOUND, call_app, parse, serve
+from processes import launch, worker
+from redis_server import start_redis
 
 import asgi_sse
 import asgi_sse.resumable
@@ -20,6 +22,12 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, re.DOTALL)
 
 
+def block(marker: str) -> str:
+    """The one Python block of the README that holds ``marker``."""
+    [found] = [source for source in blocks("python") if marker in source]
+    return found
+
+
 def run(source: str) -> dict[str, Any]:
     namespace: dict[str, Any] = {"__name__": "readme"}
     exec(compile(source, "README.md", "exec"), namespace)  # our own README
@@ -27,7 +35,7 @@ def run(source: str) -> dict[str, Any]:
 
 
 def test_the_quickstart_streams_exactly_what_the_readme_shows() -> None:
-    quickstart = run(blocks("python")[0])
+    quickstart = run(block("class AnalysisPipeline"))
     [shown] = blocks("text")
     with serve(quickstart["app"], wrap=False) as server:
         response = httpx.get(server.url + "analyse?text=hello+world", timeout=BOUND)
@@ -38,7 +46,7 @@ def test_the_quickstart_streams_exactly_what_the_readme_shows() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_the_more_control_example_runs() -> None:
-    example = run(blocks("python")[1])
+    example = run(block("def configured("))
     configured = parse((await call_app(example["configured"]("café"))).body)
     assert configured == [
         {"event": "progress", "data": '{"step":"read","details":{"chars":4}}', "id": "1"},
@@ -49,8 +57,7 @@ async def test_the_more_control_example_runs() -> None:
 
 
 def test_the_resumable_example_resumes_after_the_last_event_id() -> None:
-    source = blocks("python")[2]
-    assert "jobs.watch(" in source
+    source = block("jobs = Jobs()")
     example = run(source)  # as printed: nothing injected
     with serve(example["app"], wrap=False) as server, httpx.Client(timeout=BOUND) as client:
         job_id = client.post(server.url + "jobs").json()["id"]
@@ -71,3 +78,30 @@ def test_the_readme_lists_the_public_api_as_it_is() -> None:
     constants = {"ABANDONED_ERROR", "CANCELLED_ERROR"}
     public = set(asgi_sse.__all__) | set(asgi_sse.resumable.__all__) - constants
     assert named == public
+
+
+def test_the_celery_example_runs_as_printed(tmp_path: Path) -> None:
+    """tasks.py and web.py as printed, under the commands printed: a real redis-server,
+    `celery -A tasks worker` and `uvicorn web:app`."""
+    (tmp_path / "tasks.py").write_text(block("@progress_task(app)"))
+    (tmp_path / "web.py").write_text(block("CeleryJobs(celery)"))
+    assert "$ celery -A tasks worker\n$ uvicorn web:app\n" in blocks("console")
+    (tmp_path / "redis").mkdir()
+    redis = start_redis(tmp_path / "redis")
+    env = {"REDIS_URL": redis.url, "PYTHONPATH": str(tmp_path)}
+    try:
+        with (
+            worker("celery", "celery", "-A", "tasks", "worker", env=env),
+            launch("uvicorn", "web:app", env=env) as web,
+            httpx.Client(base_url=web.url, timeout=BOUND) as client,
+        ):
+            started = client.post("/jobs")
+            assert started.status_code == 201, started.text
+            job_id = started.json()["id"]
+            events = parse(client.get(f"/jobs/{job_id}/events").content)  # queued until it starts
+            work = [e for e in events if e["event"] != "queued"]
+            assert [e["event"] for e in work] == ["progress"] * 5 + ["completed"]
+            assert work[-1]["data"] == '{"pages":5}'
+            assert client.post(f"/jobs/{job_id}/cancel").json() == {"cancelled": False}
+    finally:
+        redis.stop()
