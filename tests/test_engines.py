@@ -314,6 +314,9 @@ def test_bad_input_is_refused_before_anything_is_queued(web: httpx.Client) -> No
     unserializable = web.post("/jobs", params=query)
     assert unserializable.status_code == 422
     assert "cannot send this job" in unserializable.json()["detail"]
+    missing_an_argument = web.post("/jobs", params={"task": "steps", "tag": "t"})  # no n
+    assert missing_an_argument.status_code == 422  # checked against the function, on every engine
+    assert "cannot call steps" in missing_an_argument.json()["detail"]
     not_a_progress_job = web.post("/jobs", params={"task": "no_progress", "tag": "t"})
     assert not_a_progress_job.status_code == 422
     assert "progress" in not_a_progress_job.json()["detail"]

@@ -78,18 +78,20 @@ class EngineJobs(Jobs):
 
     async def _enqueue(
         self,
-        func: Callable[..., Any],
+        task: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         *,
         keep_running: bool,
         options: dict[str, Any],
     ) -> str:
-        Job(func, *args, **kwargs)  # a call that cannot work fails here, with a TypeError
+        # A call that cannot work fails here, with a TypeError: checked against the
+        # function the task runs (a Celery task's own signature takes anything).
+        Job(self._function(task), *args, **kwargs)
         job_id = await self.create()  # watchable from now on, before any worker has it
         settings = self._settings(keep_running).to_dict()
         call = {
-            "func": func,
+            "func": task,
             "job_id": job_id,
             "args": args,
             "kwargs": kwargs,
