@@ -47,8 +47,15 @@ def make_jobs() -> Jobs:
 
     lease = float(os.environ.get("ASGI_SSE_LEASE", "3"))
     client = Redis.from_url(url, max_connections=1000)  # about three per open stream
-    backend = RedisBackend(client, lease=lease, block=min(1.0, lease))
+    backend = RedisBackend(client, lease=lease, block=min(1.0, lease, socket_timeout(client) / 2))
     return Jobs(backend, retention=retention, grace=grace)
+
+
+def socket_timeout(client: Any) -> float:
+    """A blocking read (BLPOP, XREAD) must give up within redis-py's socket timeout,
+    if the URL sets one (``?socket_timeout=``), or it raises: it comes back empty,
+    and is asked again."""
+    return float(client.connection_pool.connection_kwargs.get("socket_timeout") or 10.0)
 
 
 jobs = make_jobs()

@@ -19,16 +19,13 @@ from redis.asyncio import Redis
 from asgi_sse import Job
 from asgi_sse.resumable import Jobs
 from asgi_sse.resumable.redis import RedisBackend
-from examples.resumable import QUEUE, crunch
+from examples.resumable import QUEUE, crunch, socket_timeout
 
 
 async def next_task(client: Redis) -> dict[str, Any]:
-    """The next task, however long the queue stays empty. A BLPOP that blocks for
-    ever outlives redis-py's socket timeout (5 s by default) and raises; one that
-    gives up within it comes back empty, and is asked again."""
-    socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout") or 10.0
+    """The next task, however long the queue stays empty."""
     while True:
-        popped = await client.blpop([QUEUE], timeout=socket_timeout / 2)  # type: ignore[misc]
+        popped = await client.blpop([QUEUE], timeout=socket_timeout(client) / 2)  # type: ignore[misc]
         if popped is not None:
             return dict(json.loads(popped[1]))
 
@@ -36,7 +33,8 @@ async def next_task(client: Redis) -> dict[str, Any]:
 async def main() -> None:
     client = Redis.from_url(os.environ["ASGI_SSE_REDIS_URL"])
     lease = float(os.environ.get("ASGI_SSE_LEASE", "3"))
-    jobs = Jobs(RedisBackend(client, lease=lease, block=min(1.0, lease)))
+    block = min(1.0, lease, socket_timeout(client) / 2)  # its reads block likewise
+    jobs = Jobs(RedisBackend(client, lease=lease, block=block))
     async with anyio.create_task_group() as tg:
         while True:
             task = await next_task(client)

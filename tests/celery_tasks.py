@@ -25,6 +25,18 @@ unencodable = progress_task(app)(engine_tasks.unencodable)
 flaky = progress_task(app, autoretry_for=(ValueError,), max_retries=1, default_retry_delay=0)(
     engine_tasks.flaky
 )
+# Retried by Celery for any exception: a cancel still ends it (JobCancelled is one).
+until_cancelled_retried = progress_task(
+    app, name="until_cancelled_retried", autoretry_for=(Exception,), default_retry_delay=0
+)(engine_tasks.until_cancelled)
+# Its limit in retry_kwargs, below the task's max_retries (3): retried once, then failed.
+fails_retried = progress_task(
+    app,
+    name="fails_retried",
+    autoretry_for=(ValueError,),
+    retry_kwargs={"max_retries": 1},
+    default_retry_delay=0,
+)(engine_tasks.fails)
 # Killed mid-job: lost to its watchers; or, acknowledged late and rejected when its
 # worker process is lost, delivered again.
 hangs = progress_task(app)(engine_tasks.hangs)

@@ -2,7 +2,7 @@
 job engine, cancel it, and watch it, over plain ASGI under a real server.
 
     POST /jobs?task=steps&tag=t&n=5[&queue=q][&retry=1]   201 {"id": ...}
-    (every route takes queue=, grace= and lease=: one RQJobs for each)
+    (every route takes queue=, grace=, lease= and max_age=: one RQJobs for each)
     POST /jobs/<id>/cancel                                200 {"cancelled": bool}
     GET  /jobs/<id>/events                                the job's events
 
@@ -23,7 +23,7 @@ from redis import Redis
 from rq import Queue, Retry
 
 from asgi_sse import EventStream
-from asgi_sse.resumable import BackendUnavailable, JobLost
+from asgi_sse.resumable import BackendUnavailable, JobLost, Retention
 from asgi_sse.resumable.celery import CeleryJobs
 from asgi_sse.resumable.rq import RQJobs
 
@@ -33,14 +33,15 @@ GRACE = 10.0
 
 
 @cache
-def engine_jobs(queue: str, grace: float, lease: float) -> RQJobs | CeleryJobs:
-    block = min(lease, 0.5)
+def engine_jobs(queue: str, grace: float, lease: float, max_age: float) -> RQJobs | CeleryJobs:
+    block, retention = min(lease, 0.5), Retention(max_age=max_age)
     if ENGINE == "rq":
         rq_queue = Queue(queue, connection=Redis.from_url(URL))
-        return RQJobs(rq_queue, lease=lease, block=block, grace=grace)
+        return RQJobs(rq_queue, lease=lease, block=block, grace=grace, retention=retention)
     import celery_tasks  # noqa: PLC0415 (its app needs the URL, set for the celery engine only)
 
-    return CeleryJobs(celery_tasks.app, lease=lease, block=block, grace=grace)
+    app = celery_tasks.app
+    return CeleryJobs(app, lease=lease, block=block, grace=grace, retention=retention)
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -53,7 +54,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     parts = scope["path"].strip("/").split("/")
     query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
     grace, lease = float(query.get("grace", GRACE)), float(query.get("lease", 3))
-    jobs = engine_jobs(query.get("queue", "default"), grace, lease)
+    jobs = engine_jobs(
+        query.get("queue", "default"), grace, lease, float(query.get("max_age", 300))
+    )
     if scope["method"] == "POST" and parts == ["jobs"]:
         await enqueue(jobs, query, send)
     elif scope["method"] == "POST" and len(parts) == 3 and parts[::2] == ["jobs", "cancel"]:

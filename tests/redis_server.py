@@ -55,6 +55,11 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
+    def unix_url(self) -> str:
+        """The same server, over its Unix socket."""
+        return f"unix://{self.directory / 'redis.sock'}?db=0"
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -65,6 +70,7 @@ class RedisServer:
         args = [
             self.executable,
             *("--bind", "127.0.0.1", "--port", str(self.port)),
+            *("--unixsocket", str(self.directory / "redis.sock"), "--unixsocketperm", "700"),
             *("--dir", str(self.directory), "--logfile", ""),  # the log on stdout
             *("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
             *("--protected-mode", "no", "--daemonize", "no"),

@@ -5,17 +5,24 @@ backend, as in test_store."""
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import anyio
 import pytest
 from backends import LEASE, anyio_backend, backend, case, frames, kind, redis_url
 from conftest import BOUND
-from test_store import read_until
+from processes import Running, worker
+from test_store import read_until, time_passes
 
 from asgi_sse.resumable._store import Backend, JobExists, JobLost
 
 __all__ = ["anyio_backend", "backend", "case", "kind", "redis_url"]  # the fixtures, used by name
 
 pytestmark = pytest.mark.anyio
+#: For what needs two processes: a publisher elsewhere.
+REDIS_ONLY = pytest.mark.parametrize("case", [("redis", "asyncio")], ids=["redis-asyncio"])
 
 
 async def test_an_attempt_given_back_is_continued_by_the_next(backend: Backend) -> None:
@@ -23,7 +30,7 @@ async def test_an_attempt_given_back_is_continued_by_the_next(backend: Backend) 
     async with backend.publishing("j") as first:
         assert (first.last_id, first.attempt, first.taken_over) == (0, 1, False)
         await backend.append("j", frames(1, 2), 1)
-        await backend.release("j")
+        assert await backend.release("j", frames(3)[0])
     info = await backend.info("j")
     assert info is not None
     assert (info.state, info.last_id) == ("pending", 2)  # not lost: waiting for its next attempt
@@ -35,37 +42,77 @@ async def test_an_attempt_given_back_is_continued_by_the_next(backend: Backend) 
 
 
 async def test_an_ended_or_lost_job_is_never_claimed_again(backend: Backend) -> None:
+    await backend.create("ended", keep=60)
+    async with backend.publishing("ended"):
+        await backend.append("ended", frames(1), 1)
+        await backend.finish("ended", 1, keep=60)
     await backend.create("lost", keep=60)
     async with backend.publishing("lost"):
-        await backend.append("lost", frames(1), 1)
-    for job in ("lost",):
+        await backend.append("lost", frames(1), 1)  # and leaves without an end
+    for takeover in (False, True):
         with pytest.raises(JobExists):
-            async with backend.publishing(job, takeover=True):
-                pytest.fail("a job that is over was claimed")
+            async with backend.publishing("ended", takeover=takeover):
+                pytest.fail("a job that has ended was claimed")
+        with pytest.raises(JobLost):
+            async with backend.publishing("lost", takeover=takeover):
+                pytest.fail("a job that is lost was claimed")
+        with pytest.raises(JobLost):
+            async with backend.publishing("unknown", takeover=takeover):
+                pytest.fail("an unknown job was claimed")
 
 
-async def test_a_later_delivery_takes_over_and_shuts_the_first_out(
-    backend: Backend, kind: str
+@contextmanager
+def publisher_elsewhere(backend: Backend, redis_url: str, job: str, mode: str) -> Iterator[Running]:
+    """A publisher of ``job`` in a process of its own (tests/publisher_process.py),
+    claimed by the time this returns."""
+    from asgi_sse.resumable.redis import RedisBackend  # noqa: PLC0415
+
+    assert isinstance(backend, RedisBackend)
+    argv = ("python", "publisher_process.py", redis_url, backend.prefix, job, str(LEASE), mode)
+    with worker("publisher", *argv) as running:
+        running.wait_for_line("claimed")
+        yield running
+
+
+async def test_a_later_delivery_takes_over_only_from_a_dead_publisher(
+    backend: Backend, kind: str, request: pytest.FixtureRequest
 ) -> None:
     await backend.create("j", keep=60)
-    async with backend.publishing("j"):
-        await backend.append("j", frames(1), 1)
-        if kind == "memory":  # one process: its publisher is alive, never taken over
+    if kind == "memory":  # one process: its publisher is alive, never taken over
+        async with backend.publishing("j"):
             with pytest.raises(JobExists):
                 async with backend.publishing("j", takeover=True):
                     pytest.fail("a live publisher in this process was taken over")
-            return
-        from asgi_sse.resumable.redis import RedisBackend  # noqa: PLC0415
+        return
+    with publisher_elsewhere(backend, request.getfixturevalue("redis_url"), "j", "append") as first:
+        # Alive, it renews its lease while a takeover waits for it to run out: it keeps the job.
+        with pytest.raises(JobExists):
+            async with backend.publishing("j", takeover=True):
+                pytest.fail("a live publisher was taken over")
+        first.signal(signal.SIGSTOP)  # frozen (a pause, a partition): its lease runs out
+        async with backend.publishing("j", takeover=True) as claim:
+            first.signal(signal.SIGCONT)
+            assert (claim.attempt, claim.taken_over) == (2, True)
+            await anyio.to_thread.run_sync(first.wait_for_line, "shut out")  # at its next write
+            end = claim.last_id + 1
+            await backend.append("j", frames(end), 1)
+            await backend.finish("j", end, keep=60)
+    events = await read_until(backend, "j", 0, end)
+    assert [event_id for event_id, _ in events] == list(range(1, end + 1))  # one log, no gap
 
-        assert isinstance(backend, RedisBackend)
-        elsewhere = RedisBackend(backend.client, prefix=backend.prefix, lease=LEASE)  # a worker
-        async with elsewhere.publishing("j", takeover=True) as claim:
-            assert (claim.last_id, claim.attempt, claim.taken_over) == (1, 2, True)
-            with pytest.raises(JobLost):
-                await backend.append("j", frames(2), 1)  # the first attempt writes nothing more
-            await elsewhere.append("j", frames(2), 1)
-            await elsewhere.finish("j", 2, keep=60)
-    assert await read_until(backend, "j", 0, 2) == frames(1, 2)
+
+@REDIS_ONLY  # in one process, nothing shuts its publisher out
+async def test_a_publisher_shut_out_is_told_while_it_waits(
+    backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    await backend.create("j", keep=60)
+    with publisher_elsewhere(backend, request.getfixturevalue("redis_url"), "j", "wait") as first:
+        first.signal(signal.SIGSTOP)
+        async with backend.publishing("j", takeover=True):
+            first.signal(signal.SIGCONT)  # its next renewal finds the job taken (or the stop
+            # came before its first: nothing shuts it out, and this fails)
+            await anyio.to_thread.run_sync(first.wait_for_line, "shut out")
+            assert "cancelled" not in first.log
 
 
 async def test_a_waiting_job_takes_notes_until_it_starts(backend: Backend) -> None:
@@ -118,3 +165,91 @@ async def test_a_job_unwatched_while_it_waited_is_claimed_abandoned(backend: Bac
         assert not claim.abandoned
     async with backend.publishing("young", grace=60) as claim:
         assert not claim.abandoned
+
+
+async def test_a_cancel_is_for_good_even_as_the_attempt_fails_to_be_retried(
+    backend: Backend,
+) -> None:
+    await backend.create("j", keep=60)
+    async with backend.publishing("j"):
+        await backend.append("j", frames(1), 1)
+        assert await backend.cancel("j", frames(2)[0]) == "told"
+        await backend.append("j", frames(2), 1)  # its failure, which the engine would retry
+        assert not await backend.release("j", frames(3)[0])  # ended instead, cancelled
+    info = await backend.info("j")
+    assert info is not None
+    assert (info.state, info.end_id) == ("ended", 3)
+    assert await read_until(backend, "j", 0, 3) == frames(1, 2, 3)
+    with pytest.raises(JobExists):
+        async with backend.publishing("j", takeover=True):
+            pytest.fail("a cancelled job ran again")
+
+
+async def test_a_cancel_before_the_wait_is_not_missed(backend: Backend) -> None:
+    await backend.create("j", keep=60)
+    async with backend.publishing("j"):
+        assert await backend.cancel("j", frames(1)[0]) == "told"
+        with anyio.fail_after(BOUND):
+            await backend.wait_cancelled("j")
+            await backend.wait_cancelled("j")  # asked again (its signal taken): still cancelled
+
+
+@REDIS_ONLY  # in one process, its publisher is never taken over
+async def test_a_cancel_is_for_good_even_against_a_takeover(
+    backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    await backend.create("j", keep=60)
+    with publisher_elsewhere(backend, request.getfixturevalue("redis_url"), "j", "wait") as first:
+        first.signal(signal.SIGSTOP)  # it cannot act on it (nor renew its lease)
+        assert await backend.cancel("j", frames(1)[0]) == "told"
+        try:
+            async with backend.publishing("j", takeover=True) as claim:
+                assert (claim.cancelled, claim.taken_over) == (True, True)  # the next one ends it
+        finally:
+            first.signal(signal.SIGCONT)
+
+
+@REDIS_ONLY  # in one process, its publisher does not die alone
+async def test_a_job_whose_publisher_died_is_cancelled_at_once(
+    backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    await backend.create("j", keep=60)
+    with publisher_elsewhere(backend, request.getfixturevalue("redis_url"), "j", "wait") as first:
+        first.signal(signal.SIGKILL)
+        first.process.wait()
+        with anyio.fail_after(BOUND):  # its lease runs out
+            while (info := await backend.info("j")) is None or info.state != "lost":
+                await anyio.sleep(LEASE / 10)  # a look each tenth of a lease, bounded
+        assert await backend.cancel("j", frames(1)[0]) == "ended"  # nobody to tell: ended here
+    info = await backend.info("j")
+    assert info is not None
+    assert (info.state, info.end_id) == ("ended", 1)
+    assert await read_until(backend, "j", 0, 1) == frames(1)
+
+
+async def test_a_waiting_job_is_kept_while_watched_and_forgotten_after(
+    backend: Backend, kind: str
+) -> None:
+    keep = LEASE  # shorter than BLOCK: a read with nothing to read outlasts it
+    await backend.create("j", keep=keep)
+    assert await backend.note("j", frames(1)[0])
+    async with backend.watching("j"):
+        if kind == "memory":
+            backend._clock.ahead += 2 * keep  # type: ignore[attr-defined]
+        else:  # returns after BLOCK, empty: more than its keep went by, watched
+            assert not (await backend.read("j", 1)).events
+        assert await backend.info("j") is not None
+    await time_passes(backend, "j", keep)  # unwatched: forgotten a keep later, log and all
+    assert await backend.info("j") is None
+    if kind == "redis":
+        assert not await backend.client.exists(backend._key("j", "log"))  # type: ignore[attr-defined]
+
+
+@REDIS_ONLY  # in memory, a call cannot lose its reply
+async def test_a_claim_repeated_after_a_lost_reply_gets_the_same_answer(backend: Backend) -> None:
+    await backend.create("k", keep=60)
+    args = (60_000, "a-token", 0, 0)  # grace 0, unwatched: abandoned
+    first = await backend._script("claim", "k", *args)  # type: ignore[attr-defined]
+    again = await backend._script("claim", "k", *args)  # type: ignore[attr-defined]
+    assert first == again
+    assert (first[0], first[2]) == (3, 1)  # abandoned, attempt 1: not a plain claim the second time

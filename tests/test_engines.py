@@ -25,6 +25,7 @@ from processes import BOUND, Running, launch, worker
 from redis import Redis
 from redis_server import RedisServer, start_redis
 from rq.job import Job as RQJob
+from rq.job import JobStatus
 from rq.results import Result
 from sse_spec import parse_stream
 
@@ -65,31 +66,40 @@ class Engine:
         ("SUCCESS", its result), ("FAILURE", the error's text) or ("REVOKED", None)."""
         if self.kind == "rq":
             connection = Redis.from_url(self.url)
-            result = RQJob.fetch(job_id, connection=connection).latest_result(timeout=int(BOUND))
+            job = RQJob.fetch(job_id, connection=connection)
+            result = job.latest_result(timeout=int(BOUND))
             assert result is not None, f"RQ recorded no end of job {job_id}"
             if result.type == Result.Type.SUCCESSFUL:
                 return "SUCCESS", result.return_value
+            # Failed for good: not to be retried, nor stopped (a retry's result is RETRIED).
+            assert (result.type, job.get_status()) == (Result.Type.FAILED, JobStatus.FAILED)
             return "FAILURE", result.exc_string
         outcome = Celery(backend=self.url).AsyncResult(job_id)
         value = outcome.get(timeout=BOUND, propagate=False)
         if outcome.state == "REVOKED":
             return "REVOKED", None
-        return outcome.state, value if outcome.state == "SUCCESS" else str(value)
+        return outcome.state, value if outcome.state == "SUCCESS" else repr(value)
 
 
 ENGINES = ["rq", "celery-prefork", "celery-threads"]
+CELERY = ["celery-prefork", "celery-threads"]
 #: Where a job's process can be killed apart from its worker: the threads pool runs
 #: jobs in the worker's own process.
 KILLABLE = ["rq", "celery-prefork"]
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server: RedisServer = start_redis(tmp_path_factory.mktemp("redis"))
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -246,6 +256,65 @@ def test_a_running_job_is_cancelled_at_its_next_report_and_not_retried(
     assert notes(redis, job_tag) == [b"ran", seen]  # ran once: not retried
 
 
+@pytest.mark.parametrize("engine", CELERY, indirect=True)
+@pytest.mark.usefixtures("default_worker")
+def test_a_cancelled_job_is_not_retried_even_by_autoretry_for_any_exception(
+    web: httpx.Client, engine: Engine, redis: Redis
+) -> None:
+    job_tag = tag()
+    job_id = enqueue(web, task="until_cancelled_retried", tag=job_tag)
+    watch(web, job_id, stop="progress")
+    assert web.post(f"/jobs/{job_id}/cancel").json() == {"cancelled": True}
+    events = watch(web, job_id)
+    assert [e["event"] for e in events if e["event"] == "retrying"] == []
+    assert data(events[-1]) == {"type": "JobCancelled"}
+    assert engine.outcome(job_id) == ("REVOKED", None)
+    assert notes(redis, job_tag) == [b"ran", b"cancelled"]  # ran once
+
+
+@pytest.mark.parametrize("engine", CELERY, indirect=True)
+def test_a_retry_limit_in_retry_kwargs_is_the_one_the_log_follows(
+    web: httpx.Client, engine: Engine, default_worker: Running
+) -> None:
+    job_id = enqueue(web, task="fails_retried", tag=tag())
+    events = without_queued(watch(web, job_id))
+    assert [(e["event"], data(e).get("type")) for e in events] == [
+        ("progress", None),
+        ("retrying", "ValueError"),
+        ("progress", None),
+        ("error", "ValueError"),  # retried once, as Celery does: then it ends
+    ]
+    state, error = engine.outcome(job_id)
+    assert state == "FAILURE"
+    assert "ValueError" in error
+
+
+def forgotten(redis: Redis, job_id: str) -> None:
+    """Return once Redis has expired the job's record (a keyevent notification)."""
+    meta = f"asgi-sse:{{{job_id}}}:meta".encode()
+    redis.config_set("notify-keyspace-events", "Ex")
+    with redis.pubsub() as expiries:
+        expiries.subscribe("__keyevent@0__:expired")  # before the first look
+        while redis.exists(meta):
+            message = expiries.get_message(timeout=BOUND)
+            assert message is not None, f"job {job_id} was never forgotten"
+            if message["data"] == meta:
+                return
+
+
+def test_a_job_forgotten_while_it_waited_is_refused_and_recorded_lost(
+    web: httpx.Client, engine: Engine, redis: Redis
+) -> None:
+    queue, job_tag = f"idle-{tag()}", tag()
+    job_id = enqueue(web, task="steps", tag=job_tag, n=3, queue=queue, max_age=0.5)
+    forgotten(redis, job_id)  # unwatched in the queue for its max_age
+    with engine.started(queue):
+        state, error = engine.outcome(job_id)
+    assert state == "FAILURE"  # not stuck as pending or started: the engine is told
+    assert "JobLost" in error
+    assert notes(redis, job_tag) == []
+
+
 def test_a_job_that_raises_ends_with_its_type_only(
     web: httpx.Client, engine: Engine, default_worker: Running
 ) -> None:
@@ -357,3 +426,52 @@ async def test_redis_unreachable_at_enqueue_is_a_clear_error(kind: str) -> None:
             jobs = CeleryJobs(app, lease=0.2)
         with pytest.raises(BackendUnavailable):
             await jobs.enqueue(task, "t", 1)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_celery_broker_unreachable_at_enqueue_is_a_clear_error(
+    redis_url: str, redis: Redis
+) -> None:
+    """The log's Redis answers, the broker does not: 503, and the record it made ends."""
+    import engine_tasks  # noqa: PLC0415
+
+    from asgi_sse.resumable.celery import CeleryJobs, progress_task  # noqa: PLC0415
+
+    with port_nobody_listens_on() as port:
+        app = Celery("no-broker", broker=f"redis://127.0.0.1:{port}/0")
+        app.conf.asgi_sse_redis_url = redis_url
+        app.conf.broker_transport_options = {"max_retries": 1}  # kombu's retries, soon over
+        task = progress_task(app, name="no_broker.steps")(engine_tasks.steps)
+        prefix = f"no-broker-{tag()}:"
+        jobs = CeleryJobs(app, prefix=prefix)
+        try:
+            with pytest.raises(BackendUnavailable, match="broker"):
+                await jobs.enqueue(task, "t", 1)
+        finally:
+            await jobs.backend.client.aclose()
+    (record,) = redis.keys(f"{prefix}*:meta")  # made before the broker was asked
+    assert redis.hget(record, "state") == b"ended"  # and ended: nobody waits for it
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_rq_jobs_keep_their_logs_where_the_queue_is_even_over_a_unix_socket(
+    redis_server: RedisServer, redis: Redis
+) -> None:
+    from rq import Queue  # noqa: PLC0415
+
+    from asgi_sse.resumable.rq import RQJobs  # noqa: PLC0415
+
+    prefix = f"unix-{tag()}:"
+    jobs = RQJobs(Queue(connection=Redis.from_url(redis_server.unix_url)), prefix=prefix)
+    try:
+        job_id = await jobs.create()
+    finally:
+        await jobs.backend.client.aclose()
+    assert redis.hget(f"{prefix}{{{job_id}}}:meta", "state") == b"pending"  # the same server
+    # And TLS stays TLS (the class that speaks it; there is no TLS server here to reach).
+    tls = RQJobs(Queue(connection=Redis.from_url("rediss://127.0.0.1:1/0?ssl_cert_reqs=none")))
+    pool = tls.backend.client.connection_pool
+    assert pool.connection_class.__name__ == "SSLConnection"
+    assert pool.connection_kwargs["ssl_cert_reqs"] == "none"

@@ -114,3 +114,57 @@ async def test_a_waiting_job_cancelled_never_runs_and_says_where_it_waited() -> 
 async def test_perform_refuses_a_bad_id_before_anything_runs() -> None:
     with pytest.raises(ValueError, match="job id"):
         await Jobs().perform(Job(lambda on_progress: None), id="a b")
+
+
+async def test_a_retry_if_that_raises_ends_the_job_with_its_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    jobs = Jobs()
+    job_id = await jobs.create()
+
+    def broken(exc: BaseException) -> bool:
+        raise RuntimeError("a bug in the engine's door")
+
+    with pytest.raises(ValueError, match="first"):
+        await jobs.perform(Job(twice, []), id=job_id, retry_if=broken)
+    (*_, last) = await log(jobs, job_id)
+    assert last[1:] == ("error", '{"type":"ValueError"}')  # ended, not left waiting
+    assert "retry_if failed" in caplog.text
+
+
+async def test_a_job_that_returned_is_not_retried_even_if_its_result_cannot_be_sent() -> None:
+    jobs, asked = Jobs(), []
+
+    def retry_if(exc: BaseException) -> bool:
+        asked.append(exc)
+        return True
+
+    class Unsayable:
+        def __str__(self) -> str:
+            raise RuntimeError("no text either")
+
+    unsayable = Unsayable()
+    job_id = await jobs.create()
+    result = await jobs.perform(Job(lambda on_progress: unsayable), id=job_id, retry_if=retry_if)
+    assert result is unsayable  # the engine keeps what it returned
+    assert [event for _, event, _ in await log(jobs, job_id)] == ["error"]
+    assert asked == []
+
+
+async def test_a_cancel_as_the_attempt_fails_to_be_retried_still_ends_the_job() -> None:
+    jobs = Jobs()
+    web = Jobs(jobs.backend)  # another process's, on the same backend
+    job_id = await jobs.create()
+
+    def cancelled_then_fails(on_progress: Reporter) -> None:
+        on_progress("started", {})
+        anyio.from_thread.run(web.cancel, job_id)  # told: the job fails before it looks
+        raise ValueError("to be retried")
+
+    with pytest.raises(JobCancelled):  # not the failure: the engine must not retry it
+        await jobs.perform(Job(cancelled_then_fails), id=job_id, retry_if=lambda e: True)
+    (*_, last) = await log(jobs, job_id)
+    assert last[1:] == ("error", '{"type":"JobCancelled"}')
+    info = await jobs.backend.info(job_id)
+    assert info is not None
+    assert info.state == "ended"

@@ -467,3 +467,15 @@ async def test_redis_out_of_memory_is_an_outage_to_wait_out(redis_url: str) -> N
         assert [n for n, _ in page.events] == [1]
     finally:
         await client.aclose()
+
+
+def test_a_redis_backend_refuses_a_client_its_blocking_reads_would_time_out() -> None:
+    from redis.asyncio import Redis  # noqa: PLC0415
+
+    from asgi_sse.resumable.redis import RedisBackend  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match=r"socket_timeout \(1\.0s\) must be longer than block"):
+        RedisBackend(Redis(socket_timeout=1.0), block=1.0)
+    with pytest.raises(ValueError, match="decode_responses"):
+        RedisBackend(Redis(decode_responses=True))
+    assert RedisBackend(Redis(socket_timeout=5.0), block=1.0).block == 1.0  # nothing connects

@@ -13,7 +13,9 @@ they come, and watchers block on the stream.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,6 +30,8 @@ from ._store import BackendUnavailable
 from .redis import RedisBackend
 
 __all__ = ["EngineJobs", "Settings", "perform_attempt"]
+
+logger = logging.getLogger("asgi_sse")
 
 
 @dataclass(frozen=True)
@@ -99,10 +103,17 @@ class EngineJobs(Jobs):
         }
         try:
             await to_thread.run_sync(self._submit, call, options)
-        except _UNREACHABLE as exc:
-            raise BackendUnavailable(f"the job engine cannot be reached: {exc}") from exc
-        position = await to_thread.run_sync(self._position, job_id, options)
-        await self.note_queued(job_id, position)
+        except Exception as exc:
+            with suppress(Exception):  # it will never run: its record ends here (JobCancelled)
+                await self._cancel(job_id)
+            if isinstance(exc, _UNREACHABLE):
+                raise BackendUnavailable(f"the job engine cannot be reached: {exc}") from exc
+            raise
+        try:  # queued now: its place is news, not a condition of success
+            position = await to_thread.run_sync(self._position, call, options)
+            await self.note_queued(job_id, position)
+        except Exception:
+            logger.warning("job %s: could not tell its place in the queue", job_id, exc_info=True)
         return job_id
 
     async def cancel(self, job_id: str) -> bool:
@@ -119,10 +130,11 @@ class EngineJobs(Jobs):
 
     def _submit(self, call: dict[str, Any], options: dict[str, Any]) -> None:
         """Hand the engine a task that calls the worker side's ``perform(**call)``,
-        with the engine's own ``options``, under the job's id."""
+        with the engine's own ``options``, under the job's id: a TypeError for
+        a call it cannot send, :class:`BackendUnavailable` if it is unreachable."""
         raise NotImplementedError
 
-    def _position(self, job_id: str, options: dict[str, Any]) -> int | None:
+    def _position(self, call: dict[str, Any], options: dict[str, Any]) -> int | None:
         """The job's place in the engine's queue (1: next), if the engine can tell."""
         return None
 

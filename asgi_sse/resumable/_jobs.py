@@ -17,7 +17,6 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .._bridge import Channel
 from .._encoder import Encoder
-from .._exceptions import JobCancelled
 from .._hub import Hub, Ticket
 from .._jobs import Job, JobRun
 from .._run import (
@@ -184,11 +183,12 @@ class Jobs:
         """Run one attempt of job ``id`` (recorded by :meth:`create`) for a job
         engine, and return what the job returned or raise what it raised, as
         the engine expects of a task. ``redelivered``: the engine delivers it
-        again (its worker died), so this attempt shuts out the last one.
-        ``retry_if(exc)``: whether the engine will run a failure again; the
-        log then says ``retrying`` rather than ending. An attempt that does
-        not run (the job was cancelled, abandoned, or has ended) raises
-        :class:`JobCancelled`, :class:`JobExists` or :class:`JobLost`."""
+        again (its worker may have died), so this attempt may take over from
+        the last. ``retry_if(exc)``: whether the engine will run a failure
+        again; the log then says ``retrying`` rather than ending. An attempt
+        that does not end the job raises :class:`JobCancelled` (cancelled,
+        abandoned), :class:`JobExists` (it has ended, or another attempt has
+        it) or :class:`JobLost` (unknown, or lost)."""
         run = await self._run(
             job,
             check_job_id(id),
@@ -197,11 +197,7 @@ class Jobs:
             takeover=redelivered,
             retry_if=retry_if,
         )
-        if run.stopped:  # cancelled, abandoned, shut down: the engine must agree with the log
-            raise JobCancelled(f"job {id} was stopped before its end")
-        if run.exception is not None:
-            raise run.exception
-        return run.result
+        return run.outcome()
 
     async def _run(
         self,
@@ -221,8 +217,9 @@ class Jobs:
             what = f"resumable job {job_id} ({job!r})"
             run = Attempt(job, channel, self.options, what, claim=claim, retry_if=retry_if)
             self._running[job_id] = run
-            if claim.abandoned:  # unwatched while it waited: it never runs
-                channel.end(partial(run.farewell, ABANDONED_ERROR))
+            if claim.abandoned or claim.cancelled:  # it never runs
+                farewell = ABANDONED_ERROR if claim.abandoned else CANCELLED_ERROR
+                channel.end(partial(run.farewell, farewell))
             try:
                 async with create_task_group() as tg:
                     tg.start_soon(self._source, run)

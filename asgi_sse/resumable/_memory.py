@@ -17,6 +17,7 @@ __all__ = ["MemoryBackend"]
 class _Log:
     __slots__ = (
         "attempts",
+        "cancel",
         "cancelled",
         "changed",
         "end_id",
@@ -34,6 +35,7 @@ class _Log:
         self.keep = keep  # how long it is kept without a publisher
         self.since = now  # pending and unwatched since
         self.attempts = 0
+        self.cancel = False  # asked to cancel: for good, whatever attempt comes next
         self.cancelled = Event()  # set to cancel the running attempt
         self.events: deque[tuple[int, bytes]] = deque()
         self.last_id = 0
@@ -68,9 +70,12 @@ class MemoryBackend:
         while self._expiry and self._expiry[0][0] <= now:
             _, job_id = heapq.heappop(self._expiry)
             log = self._logs.get(job_id)
-            if log is not None and log.state != "running" and log.expires <= now:
-                del self._logs[job_id]
-                log.notify()  # watchers find it gone
+            if log is None or log.state == "running" or log.expires > now:
+                continue
+            if log.state == "pending" and log.watchers:
+                continue  # kept while watched (the last to leave sets it again)
+            del self._logs[job_id]
+            log.notify()  # watchers find it gone
 
     def _log(self, job_id: str) -> _Log:
         self._forget_expired()
@@ -96,27 +101,37 @@ class MemoryBackend:
     ) -> AsyncIterator[Claim]:
         """``takeover`` changes nothing here: a publisher in this process is alive."""
         log = self._log(job_id)
+        if log.state == "lost":
+            raise JobLost(f"job {job_id!r} is lost")
         if log.state != "pending":
             raise JobExists(f"job {job_id!r} already has a publisher or has ended")
         abandoned = grace is not None and not log.watchers and self._clock() - log.since >= grace
         log.state = "running"
         log.attempts += 1
         log.cancelled = Event()
+        if log.cancel:
+            log.cancelled.set()
         attempt = log.attempts
         try:
-            yield Claim(log.last_id, attempt, abandoned=abandoned)
+            yield Claim(log.last_id, attempt, abandoned=abandoned, cancelled=log.cancel)
         finally:
             if log.state == "running" and log.attempts == attempt:
                 log.state = "lost"
                 log.notify()
                 self._expire_in(log, job_id, log.keep)
 
-    async def release(self, job_id: str) -> None:
+    async def release(self, job_id: str, cancelled: tuple[int, bytes]) -> bool:
         log = self._log(job_id)
-        if log.state == "running":
-            log.state = "pending"
-            log.since = self._clock()
-            self._expire_in(log, job_id, log.keep)
+        if log.state != "running":
+            raise JobLost(f"job {job_id!r} is no longer this attempt's to publish")
+        if log.cancel:
+            await self.append(job_id, (cancelled,), 1)
+            await self.finish(job_id, cancelled[0], log.keep)
+            return False
+        log.state = "pending"
+        log.since = self._clock()
+        self._expire_in(log, job_id, log.keep)
+        return True
 
     async def note(self, job_id: str, event: tuple[int, bytes]) -> bool:
         log = self._log(job_id)
@@ -127,11 +142,12 @@ class MemoryBackend:
 
     async def cancel(self, job_id: str, event: tuple[int, bytes]) -> Cancel:
         log = self._log(job_id)
+        if log.state not in ("running", "pending"):
+            return "over"
+        log.cancel = True
         if log.state == "running":
             log.cancelled.set()
             return "told"
-        if log.state != "pending":
-            return "over"
         if not await self.note(job_id, event):
             return "moved"
         await self.finish(job_id, event[0], log.keep)
@@ -181,23 +197,26 @@ class MemoryBackend:
                 raise JobLost(f"job {job_id!r} lost its publisher")
             if log.state == "running":
                 await log.changed.wait()
-            else:  # pending: forgotten at ``expires`` unless it starts, and nothing says so
-                with move_on_after(log.expires - self._clock()):
+            else:  # pending: forgotten at ``expires`` unless it starts (or is watched
+                # then: looked at again a ``keep`` later), and nothing says so
+                left = log.expires - self._clock()
+                with move_on_after(left if left > 0 else log.keep):
                     await log.changed.wait()
 
     @asynccontextmanager
     async def watching(self, job_id: str) -> AsyncIterator[None]:
         log = self._log(job_id)
-        self._count(log, +1)
+        self._count(job_id, log, +1)
         try:
             yield
         finally:
-            self._count(log, -1)
+            self._count(job_id, log, -1)
 
-    def _count(self, log: _Log, change: int) -> None:
+    def _count(self, job_id: str, log: _Log, change: int) -> None:
         log.watchers += change
         if not log.watchers and log.state == "pending":
             log.since = self._clock()
+            self._expire_in(log, job_id, log.keep)  # kept from now
         log.presence.set()
         log.presence = Event()
 

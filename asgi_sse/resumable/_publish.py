@@ -14,15 +14,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 from anyio import CapacityLimiter, EndOfStream, create_task_group, current_time, sleep
 
 from .._bridge import Channel
+from .._exceptions import JobCancelled
 from .._jobs import Job, JobRun
 from .._run import SHUTDOWN_ERROR, RunOptions
 from ._log import Retention, Trimmer
-from ._store import Backend, Claim, JobLost, retrying
+from ._store import Backend, BackendUnavailable, Claim, JobExists, JobLost, retrying
 
 __all__ = ["ABANDONED_ERROR", "CANCELLED_ERROR", "Attempt", "Publisher"]
 
@@ -39,7 +40,16 @@ class Attempt(JobRun):
     for a job engine that runs it; and a failure that the engine will retry
     (``retry_if``) ends this attempt with a ``retrying`` event, not the job."""
 
-    __slots__ = ("claim", "completed", "exception", "result", "retried", "retry_if", "stopped")
+    __slots__ = (
+        "claim",
+        "completed",
+        "exception",
+        "fenced",
+        "result",
+        "retried",
+        "retry_if",
+        "stopped",
+    )
 
     def __init__(
         self,
@@ -59,9 +69,26 @@ class Attempt(JobRun):
         self.completed = False  # the job returned (rather than raised, or never ran)
         self.retried = False
         self.stopped = False  # ended early: cancelled, abandoned, or at shutdown
+        #: Shut out of the log: by a later attempt, or a cancel (superseded), or lost.
+        self.fenced: Literal["superseded", "lost"] | None = None
         self.reporter.last_id = claim.last_id
         if claim.taken_over:  # delivered again: its last attempt's worker died
             self.say("retrying", {"type": "WorkerLost", "attempt": claim.attempt - 1})
+
+    def outcome(self) -> Any:
+        """What its job engine is told: the job's result, or what it raised;
+        for an attempt that did not end the job, why (the log has the rest)."""
+        if self.fenced == "superseded":
+            raise JobExists(f"{self.what} was superseded by a later attempt or a cancel")
+        if self.fenced is not None:
+            raise JobLost(f"{self.what} was declared lost while it ran")
+        if self.stopped:  # cancelled, abandoned, shut down: the engine must agree with the log
+            raise JobCancelled(f"{self.what} was stopped before its end")
+        if self.exception is not None:
+            raise self.exception
+        if not self.completed:
+            raise JobLost(f"{self.what} could not be published")
+        return self.result
 
     def say(self, event: str, data: Any) -> None:
         """An event of the attempt itself, numbered in line with the job's."""
@@ -83,11 +110,21 @@ class Attempt(JobRun):
         return self.result
 
     def _error(self, exc: BaseException, next_id: int | None) -> bytes:
-        if self.retry_if is not None and self.retry_if(exc):
+        # A job that returned is not run again, even if its result cannot be sent.
+        if not self.completed and self._will_retry(exc):
             self.retried = True
             data = {"type": type(exc).__name__, "attempt": self.claim.attempt}
             return self.options.encoder.message("retrying", next_id, data)
         return super()._error(exc, next_id)
+
+    def _will_retry(self, exc: BaseException) -> bool:
+        if self.retry_if is None:
+            return False
+        try:
+            return bool(self.retry_if(exc))
+        except Exception:  # the job's end must still be written: as not retried
+            logger.exception("%s: retry_if failed; ending the job with its error", self.what)
+            return False
 
 
 class Publisher:
@@ -114,11 +151,17 @@ class Publisher:
             helpers.start_soon(self._expire)
             end_id = await self._publish()
             helpers.cancel_scope.cancel()
+        if run.fenced is not None:
+            run.fenced = await self._fenced_by()
+            return
         if not end_id:
             return
         try:
             if run.retried:
-                await retrying(backend.release, job_id)
+                end = end_id + 1  # its end instead, if it was cancelled as it failed
+                cancelled = end, run.options.encoder.message("error", end, CANCELLED_ERROR)
+                if not await retrying(backend.release, job_id, cancelled):
+                    run.stopped = True
             else:
                 await retrying(backend.finish, job_id, end_id, self.trimmer.retention.max_age)
         except JobLost:
@@ -145,7 +188,7 @@ class Publisher:
             try:
                 await retrying(self.backend.append, self.job_id, events, first)
             except JobLost:  # lost (its watchers were told) or taken over by a later attempt
-                logger.warning("job %s is no longer this attempt's; stopping it", self.job_id)
+                self._fenced()
                 return 0
 
     async def _cancel_unwatched(self, grace: float) -> None:
@@ -154,9 +197,26 @@ class Publisher:
         self.run.channel.end(partial(self.run.farewell, ABANDONED_ERROR))
 
     async def _cancel_when_asked(self) -> None:
-        await retrying(self.backend.wait_cancelled, self.job_id)
+        try:
+            await retrying(self.backend.wait_cancelled, self.job_id)
+        except JobLost:
+            self._fenced()
+            self.run.channel.cancel()  # its next report raises JobCancelled
+            return
         logger.info("job %s was cancelled", self.job_id)
         self.run.channel.end(partial(self.run.farewell, CANCELLED_ERROR))
+
+    def _fenced(self) -> None:
+        logger.warning("job %s is no longer this attempt's; stopping it", self.job_id)
+        self.run.fenced = "lost"  # until :meth:`_fenced_by` knows better
+
+    async def _fenced_by(self) -> Literal["superseded", "lost"]:
+        try:
+            info = await self.backend.info(self.job_id)
+        except BackendUnavailable:
+            return "lost"
+        moved_on = info is not None and info.state in ("running", "ended")
+        return "superseded" if moved_on else "lost"
 
     async def _expire(self) -> None:
         """Drop events that age out while the job is silent (appends trim the rest)."""

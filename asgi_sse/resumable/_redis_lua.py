@@ -1,9 +1,10 @@
-"""The Lua scripts of :mod:`asgi_sse.resumable.redis`: every write to a job's keys
-is one of these, atomic, and safe to repeat after a lost reply.
+"""The Redis log's format, sans-IO: the Lua scripts of :mod:`asgi_sse.resumable.redis`
+(every write to a job's keys is one of these, atomic, and safe to repeat after
+a lost reply) and the packing of its stream entries.
 
 KEYS, always in this order: ``meta`` (a hash: state, ids, tokens), ``alive`` (the
-publisher's lease), ``log`` (the stream), ``watched`` (the watchers' lease), ``ctl`` (a list its
-publisher blocks on, to hear of a cancel at once).
+publisher's lease), ``log`` (the stream), ``watched`` (the watchers' lease), ``ctl``
+(a list its publisher blocks on, to hear of a cancel at once).
 A running job's keys expire a lease plus ``keep`` after its publisher's last
 renewal: a publisher that dies leaves nothing for ever.
 
@@ -12,22 +13,64 @@ A batch of events is one stream entry, ``L-0`` for a batch whose last event is
 (their lengths, little-endian uint32s): one entry per batch, so the cost of a
 fast job is per batch, not per event. ``MINID`` keeps whole the batch that
 holds the first event to keep, so each entry also says which that was when it
-was added (``k``), and readers skip what is older. Entry ``N-1`` marks event ``N`` terminal,
-so a watcher blocked in ``XREAD`` learns of the end from the stream itself.
+was added (``k``), and readers skip what is older. So trimming is by the
+batch: a trim by age alone (a silent job) leaves a batch that straddles the
+limit whole until the next; an attempt's retention counts its own events (an
+earlier attempt's go once its own fill it). Entry ``N-1`` marks event ``N``
+terminal, so a watcher blocked in ``XREAD`` learns of the end from the stream.
 """
 
-__all__ = [
-    "APPEND",
-    "CANCEL",
-    "CLAIM",
-    "CREATE",
-    "FINISH",
-    "LOSE",
-    "NOTE",
-    "RELEASE",
-    "RENEW",
-    "UNWATCH",
-]
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["SCRIPTS", "pack", "unpack"]
+
+
+def pack(events: Sequence[tuple[int, bytes]]) -> list[int | bytes]:
+    """APPEND's arguments for a batch: its first id, its frames' lengths, the frames."""
+    frames = [frame for _, frame in events]
+    return [events[0][0], struct.pack(f"<{len(frames)}I", *map(len, frames)), b"".join(frames)]
+
+
+Events = list[tuple[int, bytes]]
+
+
+def unpack(
+    entries: Sequence[tuple[bytes, dict[bytes, Any]]], after: int
+) -> tuple[Events, int | None]:
+    """The events after id ``after`` in stream entries read from the log, and
+    the terminal id if an end marker is among them."""
+    # The newest batch knows best what trimming keeps (a batch that trimming
+    # cut into stays whole in the stream).
+    for _, fields in reversed(entries):
+        if b"k" in fields:
+            after = max(after, int(fields[b"k"]) - 1)
+            break
+    events: Events = []
+    end_id = None
+    for entry_id, fields in entries:
+        number, _, sub = entry_id.partition(b"-")
+        if sub == b"1":  # the end marker
+            end_id = int(number)
+            continue
+        event_id, data, start = int(fields[b"f"]), fields[b"d"], 0
+        for size in struct.unpack(f"<{len(fields[b'n']) // 4}I", fields[b"n"]):
+            if event_id > after:  # a batch may start before the cursor
+                events.append((event_id, data[start : start + size]))
+            event_id += 1
+            start += size
+    return events, end_id
+
+
+# The job ends with terminal event ``id`` (``frame``): its entry, and the end marker.
+_END = """
+redis.call('XADD', KEYS[3], id .. '-0', 'f', id, 'n', struct.pack('<I4', #frame), 'd', frame)
+redis.call('XADD', KEYS[3], id .. '-1', 'e', 1)
+redis.call('HSET', KEYS[1], 'state', 'ended', 'last', id, 'end', id)
+"""
 
 _NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
@@ -44,36 +87,44 @@ return 1
 """
 )
 
-# ARGV: lease, token, takeover (1: replace a running publisher, whose engine
-# delivered the task again), grace (-1: none). Returns {code, last id, attempt}.
-# code 1: claimed; 2: taken over; 3: claimed, but unwatched for the grace
-# period while it waited (end it, do not run it); 0: it has a publisher;
-# -1: unknown; -2: ended or lost.
+# ARGV: lease, token, takeover (1: the engine delivered the task again, so its
+# publisher may be dead), grace (-1: none). Returns {code, last id, attempt,
+# ms, cancelled}. code 1: claimed; 2: taken over from a publisher whose lease
+# ran out; 3: claimed, but unwatched for the grace period while it waited (end
+# it, do not run it); 0: it has a publisher, alive for ms more (a takeover
+# waits that long and asks again); -1: unknown; -2: ended; -3: lost.
+# cancelled 1: claimed, but cancelled (end it too). A repeat of the same claim
+# (after a lost reply) gets the same answer.
 CLAIM = (
     _NOW
     + """
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {-1, 0, 0} end
+if not state then return {-1, 0, 0, 0, 0} end
 local last = tonumber(redis.call('HGET', KEYS[1], 'last'))
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts'))
 local code = 1
 if state == 'running' then
-    if redis.call('HGET', KEYS[1], 'publisher') == ARGV[2] then return {1, last, attempts} end
-    if ARGV[3] ~= '1' then return {0, last, attempts} end
+    if redis.call('HGET', KEYS[1], 'publisher') == ARGV[2] then
+        code = tonumber(redis.call('HGET', KEYS[1], 'claimed'))
+        return {code, last, attempts, 0, redis.call('HEXISTS', KEYS[1], 'cancel')}
+    end
+    local alive = redis.call('PTTL', KEYS[2])
+    if ARGV[3] ~= '1' or alive > 0 then return {0, last, attempts, math.max(alive, 0), 0} end
     code = 2
+elseif state == 'ended' then
+    return {-2, last, attempts, 0, 0}
 elseif state ~= 'pending' then
-    return {-2, last, attempts}
+    return {-3, last, attempts, 0, 0}
 elseif tonumber(ARGV[4]) >= 0 and redis.call('EXISTS', KEYS[4]) == 0
        and now - tonumber(redis.call('HGET', KEYS[1], 'since')) >= tonumber(ARGV[4]) then
     code = 3
 end
 attempts = attempts + 1
-redis.call('HSET', KEYS[1], 'state', 'running', 'publisher', ARGV[2], 'attempts', attempts)
-redis.call('HDEL', KEYS[1], 'cancel')
-redis.call('DEL', KEYS[5])
+redis.call('HSET', KEYS[1], 'state', 'running', 'publisher', ARGV[2], 'attempts', attempts,
+           'claimed', code)
 redis.call('SET', KEYS[2], 1, 'PX', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[1] + redis.call('HGET', KEYS[1], 'keep'))
-return {code, last, attempts}
+return {code, last, attempts, 0, redis.call('HEXISTS', KEYS[1], 'cancel')}
 """
 )
 
@@ -103,18 +154,27 @@ redis.call('PEXPIRE', KEYS[3], keep)
 return 1
 """
 
-# Back to pending, for the engine's next attempt (ARGV[1]: the token).
+# Back to pending, for the engine's next attempt; ARGV: the token, and the
+# terminal event (id, frame) to end with instead if it was cancelled meanwhile
+# (a cancel is never undone). 1: released; 2: ended, cancelled; 0: not its job.
 RELEASE = (
     _NOW
     + """
 if redis.call('HGET', KEYS[1], 'state') ~= 'running'
    or redis.call('HGET', KEYS[1], 'publisher') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'pending', 'since', now)
-redis.call('HDEL', KEYS[1], 'publisher')
 redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[1], 'publisher')
 local keep = redis.call('HGET', KEYS[1], 'keep')
 redis.call('PEXPIRE', KEYS[1], keep)
 redis.call('PEXPIRE', KEYS[3], keep)
+if redis.call('HEXISTS', KEYS[1], 'cancel') == 1 then
+    local id, frame = tonumber(ARGV[2]), ARGV[3]
+"""
+    + _END
+    + """
+    return 2
+end
+redis.call('HSET', KEYS[1], 'state', 'pending', 'since', now)
 return 1
 """
 )
@@ -156,29 +216,34 @@ redis.call('PEXPIRE', KEYS[3], ARGV[3])
 return 1
 """
 
-# Cancel. A pending job ends here with the terminal event given (ARGV: its id,
-# its frame), if its last id is still the one before: returns 'ended',
-# or 'moved' when it is not (read again). A running one is told through
-# ``cancel`` (its publisher waits on KEYS[5]): 'told'. Else 'over'.
-CANCEL = """
+# Cancel, for good: the flag stays, so a later claim or release ends the job
+# rather than run it. A running job with a live publisher is told (it waits
+# on KEYS[5]): 'told'. A pending one, or one whose publisher's lease ran out,
+# ends here with the terminal event given (ARGV: its id, its frame) if its
+# last id is still the one before: 'ended', else 'moved' (read again). Else 'over'.
+CANCEL = (
+    """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'running' then
-    redis.call('HSET', KEYS[1], 'cancel', 1)
+if state ~= 'running' and state ~= 'pending' then return 'over' end
+redis.call('HSET', KEYS[1], 'cancel', 1)
+if state == 'running' and redis.call('EXISTS', KEYS[2]) == 1 then
     redis.call('RPUSH', KEYS[5], 1)
     redis.call('PEXPIRE', KEYS[5], redis.call('PTTL', KEYS[1]))
     return 'told'
 end
-if state ~= 'pending' then return 'over' end
-local id = tonumber(ARGV[1])
-if tonumber(redis.call('HGET', KEYS[1], 'last')) ~= id - 1 then return 'moved' end
-redis.call('XADD', KEYS[3], id .. '-0', 'f', id, 'n', struct.pack('<I4', #ARGV[2]), 'd', ARGV[2])
-redis.call('XADD', KEYS[3], id .. '-1', 'e', 1)
-redis.call('HSET', KEYS[1], 'state', 'ended', 'last', id, 'end', id)
+if tonumber(redis.call('HGET', KEYS[1], 'last')) ~= tonumber(ARGV[1]) - 1 then return 'moved' end
+redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[1], 'publisher')
 local keep = redis.call('HGET', KEYS[1], 'keep')
 redis.call('PEXPIRE', KEYS[1], keep)
 redis.call('PEXPIRE', KEYS[3], keep)
+local id, frame = tonumber(ARGV[1]), ARGV[2]
+"""
+    + _END
+    + """
 return 'ended'
 """
+)
 
 # An event for the watchers of a job still waiting for its engine (``queued``),
 # ARGV: its id and frame. 0: it is not pending any more, or its last id moved.
@@ -188,8 +253,25 @@ local id = tonumber(ARGV[1])
 if tonumber(redis.call('HGET', KEYS[1], 'last')) ~= id - 1 then return 0 end
 redis.call('XADD', KEYS[3], id .. '-0', 'f', id, 'n', struct.pack('<I4', #ARGV[2]), 'd', ARGV[2])
 redis.call('HSET', KEYS[1], 'last', id)
+redis.call('PEXPIRE', KEYS[3], redis.call('PTTL', KEYS[1]))
 return 1
 """
+
+# A watcher's sign of life (ARGV: the lease): a waiting job is kept while
+# watched, its unwatched time (CLAIM's grace) counted from the last one.
+WATCH = (
+    _NOW
+    + """
+redis.call('SET', KEYS[4], 1, 'PX', ARGV[1])
+if redis.call('HGET', KEYS[1], 'state') == 'pending' then
+    redis.call('HSET', KEYS[1], 'since', now)
+    local keep = redis.call('HGET', KEYS[1], 'keep')
+    redis.call('PEXPIRE', KEYS[1], keep)
+    redis.call('PEXPIRE', KEYS[3], keep)
+end
+return 1
+"""
+)
 
 # A watcher leaves: the job's unwatched time counts from now (for CLAIM's grace).
 UNWATCH = (
@@ -201,3 +283,18 @@ end
 return 1
 """
 )
+
+#: Every script, by the name :class:`RedisBackend` runs it by.
+SCRIPTS = {
+    "create": CREATE,
+    "claim": CLAIM,
+    "renew": RENEW,
+    "lose": LOSE,
+    "release": RELEASE,
+    "append": APPEND,
+    "finish": FINISH,
+    "cancel": CANCEL,
+    "note": NOTE,
+    "watch": WATCH,
+    "unwatch": UNWATCH,
+}

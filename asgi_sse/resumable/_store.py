@@ -101,6 +101,8 @@ class Claim:
     taken_over: bool = False
     #: Nobody watched the job for its grace period while it waited: end it, do not run it.
     abandoned: bool = False
+    #: The job was cancelled (a cancel is for good, even one that raced a retry): end it.
+    cancelled: bool = False
 
 
 class Backend(Protocol):
@@ -120,25 +122,33 @@ class Backend(Protocol):
         self, job_id: str, *, takeover: bool = False, grace: float | None = None
     ) -> AbstractAsyncContextManager[Claim]:
         """Be the job's one publisher while inside. Raises :class:`JobExists` if
-        it has one (unless ``takeover``: a job engine delivered the job again,
-        so its publisher elsewhere is presumed dead, and is shut out) or has
-        ended, :class:`JobLost` if it is unknown. A pending job unwatched for
-        ``grace`` seconds is claimed :attr:`Claim.abandoned`. Leaving without
+        it has ended or has a publisher, :class:`JobLost` if it is unknown or
+        lost. With ``takeover`` (a job engine delivered the job again), a
+        publisher elsewhere whose lease runs out within one lease is presumed
+        dead and shut out (it can write nothing more); one that renews it is
+        alive, and keeps the job. A pending job unwatched for ``grace``
+        seconds is claimed :attr:`Claim.abandoned`. Leaving without
         :meth:`finish` or :meth:`release` marks the job lost."""
 
-    async def release(self, job_id: str) -> None:
-        """Stop publishing without an end: the job waits for its next attempt."""
+    async def release(self, job_id: str, cancelled: tuple[int, bytes]) -> bool:
+        """Stop publishing without an end: the job waits for its next attempt
+        (True). If it was cancelled meanwhile, it ends with ``cancelled`` (the
+        next id) instead (False). Raises :class:`JobLost` if the job is no
+        longer this attempt's."""
 
     async def note(self, job_id: str, event: tuple[int, bytes]) -> bool:
         """Add an event to a job that has no publisher yet (its place in an
         engine's queue), if its id is the next; False if not (it has moved on)."""
 
     async def cancel(self, job_id: str, event: tuple[int, bytes]) -> Cancel:
-        """Cancel the job: a pending one ends with ``event`` (the next id), a
-        running one is told (:meth:`wait_cancelled`)."""
+        """Cancel the job, for good: a pending one ends with ``event`` (the next
+        id), a running one is told (:meth:`wait_cancelled`), and any later
+        attempt is claimed :attr:`Claim.cancelled`."""
 
     async def wait_cancelled(self, job_id: str) -> None:
-        """Return once the job this process publishes is cancelled."""
+        """Return once the job this process publishes is cancelled; raise
+        :class:`JobLost` once it is no longer this attempt's (shut out by a
+        later one, or declared lost)."""
 
     async def append(self, job_id: str, events: Sequence[tuple[int, bytes]], first: int) -> None:
         """Add events (ids consecutive, after the last) and drop those before

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
 import anyio
@@ -31,7 +32,7 @@ import anyio
 try:
     from celery import Celery, Task
     from celery.exceptions import Ignore, Retry
-    from kombu.exceptions import EncodeError
+    from kombu.exceptions import EncodeError, OperationalError
     from redis import Redis as SyncRedis
     from redis.asyncio import Redis
 except ImportError:  # pragma: no cover (the message is the point)
@@ -43,7 +44,7 @@ from .._exceptions import JobCancelled
 from .._jobs import Job, _signature
 from ._engine import EngineJobs, perform_attempt
 from ._log import Retention
-from ._store import JobExists, JobLost
+from ._store import BackendUnavailable, JobExists, JobLost
 
 __all__ = ["CeleryJobs", "log_url", "progress_task"]
 
@@ -164,16 +165,24 @@ class CeleryJobs(EngineJobs):
             call["func"].apply_async(call["args"], kwargs, task_id=call["job_id"], **options)
         except EncodeError as exc:  # what the task's serializer (JSON by default) cannot hold
             raise TypeError(f"Celery cannot send this job to a worker: {exc}") from exc
+        except OperationalError as exc:  # kombu's word for a broker it cannot reach
+            raise BackendUnavailable(f"the Celery broker cannot be reached: {exc}") from exc
 
-    def _position(self, job_id: str, options: dict[str, Any]) -> int | None:
+    def _position(self, call: dict[str, Any], options: dict[str, Any]) -> int | None:
         """Where a Redis broker holds it: the newest of its queue's list (kombu's
-        Redis transport pushes on the left, workers take from the right)."""
+        Redis transport pushes on the left, workers take from the right). Its
+        queue is the one Celery routes it to (``queue=``, the task's own,
+        ``task_routes``), as ``apply_async`` does."""
         broker = self.app.conf.broker_url or ""
         if not broker.startswith(_REDIS):
             return None
-        queue = options.get("queue") or self.app.conf.task_default_queue
+        task = call["func"]
+        given = {"queue": task.queue, **options} if getattr(task, "queue", None) else options
+        route = self.app.amqp.router.route(dict(given), task.name, call["args"], call["kwargs"])
+        queue = route.get("queue")
+        name = getattr(queue, "name", queue) or self.app.conf.task_default_queue
         with SyncRedis.from_url(broker) as client:
-            waiting = int(client.llen(queue))
+            waiting = int(client.llen(name))
         return waiting or None  # 0: a worker took it meanwhile
 
     def _withdraw(self, job_id: str) -> None:
@@ -181,21 +190,12 @@ class CeleryJobs(EngineJobs):
 
 
 def _perform(task: Task, app: Celery, job: Job[Any], job_id: str, settings: dict[str, Any]) -> Any:
-    """One delivery of a progress task, in its worker. Every delivery takes the
-    job over, fencing off an earlier one that may still run (Celery delivers a
-    task again after a visibility timeout, or after its worker died)."""
-
-    def retry_if(exc: BaseException) -> bool:
-        """Whether Celery's ``autoretry_for`` will run this failure again."""
-        if isinstance(exc, (Ignore, Retry, JobCancelled)):
-            return False
-        if not isinstance(exc, tuple(getattr(task, "autoretry_for", ()) or ())):
-            return False
-        if isinstance(exc, tuple(getattr(task, "dont_autoretry_for", ()) or ())):
-            return False
-        return task.max_retries is None or task.request.retries < task.max_retries
-
+    """One delivery of a progress task, in its worker. Every delivery may take
+    the job over: Celery delivers a task again after its worker died (or a
+    broker's visibility timeout), and one whose publisher still renews its
+    lease keeps the job (a delivery that waits at most a lease, then is ignored)."""
     client = Redis.from_url(log_url(app))
+    retry_if = partial(_will_retry, task)
     try:
         return anyio.run(
             lambda: perform_attempt(
@@ -206,5 +206,26 @@ def _perform(task: Task, app: Celery, job: Job[Any], job_id: str, settings: dict
         with suppress(Exception):  # a result backend that keeps no states
             task.backend.mark_as_revoked(job_id, "JobCancelled", request=task.request)
         raise Ignore() from None
-    except (JobExists, JobLost):  # this delivery is refused: the job has ended, or is gone
+    except JobExists:  # another delivery has it, or had it to its end: its state stands
         raise Ignore() from None
+    except JobLost as exc:  # never to run again: say so, and retry nothing
+        with suppress(Exception):
+            task.backend.mark_as_failure(job_id, exc, request=task.request)
+        raise Ignore() from None
+
+
+def _will_retry(task: Task, exc: BaseException) -> bool:
+    """Whether Celery's ``autoretry_for`` will run this failure again: as
+    ``celery.app.autoretry`` decides, with the same limit (``retry_kwargs``'
+    ``max_retries``, or one a retry has overridden, or the task's)."""
+    if isinstance(exc, (Ignore, Retry, JobCancelled, JobExists, JobLost)):
+        return False
+    if not isinstance(exc, tuple(getattr(task, "autoretry_for", ()) or ())):
+        return False
+    if isinstance(exc, tuple(getattr(task, "dont_autoretry_for", ()) or ())):
+        return False
+    limit = (getattr(task, "retry_kwargs", None) or {}).get("max_retries")
+    limit = getattr(task, "override_max_retries", limit)
+    if limit is None:
+        limit = task.max_retries
+    return limit is None or task.request.retries < limit

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar, cast
 
 from anyio import CancelScope, create_task_group, current_time, move_on_after, sleep
 
-from ._redis_lua import APPEND, CANCEL, CLAIM, CREATE, FINISH, LOSE, NOTE, RELEASE, RENEW, UNWATCH
+from ._redis_lua import SCRIPTS, pack, unpack
 from ._store import (
     BackendUnavailable,
     Cancel,
@@ -92,24 +91,23 @@ class RedisBackend:
     ) -> None:
         if not lease > 0 or not block > 0:
             raise ValueError("lease and block must be positive numbers of seconds")
-        if client.connection_pool.connection_kwargs.get("decode_responses"):
+        settings = client.connection_pool.connection_kwargs
+        if settings.get("decode_responses"):
             raise ValueError("RedisBackend stores bytes: give it a client without decode_responses")
+        timeout = settings.get("socket_timeout")
+        if timeout is not None and not timeout > block:
+            raise ValueError(
+                f"the client's socket_timeout ({timeout}s) must be longer than block ({block}s),"
+                " or every blocking read would time out"
+            )
         self.client = client
         self.prefix = prefix
         self.lease = lease
         self.block = block
         self.page = page
         self._tokens: dict[str, str] = {}  # job id: the token of the attempt publishing it here
-        self._create = client.register_script(CREATE)
-        self._claim = client.register_script(CLAIM)
-        self._renew = client.register_script(RENEW)
-        self._lose = client.register_script(LOSE)
-        self._release = client.register_script(RELEASE)
-        self._append = client.register_script(APPEND)
-        self._finish = client.register_script(FINISH)
-        self._note = client.register_script(NOTE)
-        self._cancel = client.register_script(CANCEL)
-        self._unwatch = client.register_script(UNWATCH)
+        self._fenced: set[str] = set()  # tokens a later attempt (or a watcher) has shut out
+        self._scripts = {name: client.register_script(code) for name, code in SCRIPTS.items()}
 
     def _key(self, job_id: str, part: str) -> str:
         return f"{self.prefix}{{{job_id}}}:{part}"
@@ -123,11 +121,15 @@ class RedisBackend:
         except _PASSING as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
 
-    async def _once(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def _script(self, name: str, job_id: str, *args: Any) -> Any:
+        """Run one of the scripts (:mod:`._redis_lua`) on a job's keys."""
+        return await self._call(self._scripts[name], keys=self._keys(job_id), args=list(args))
+
+    async def _once(self, name: str, job_id: str, *args: Any) -> Any:
         """Run a script that a token makes safe to repeat, retrying for up to a
         lease: on a request's path, an outage must end in an answer."""
         with move_on_after(self.lease):
-            return await retrying(self._call, script, keys=keys, args=args)
+            return await retrying(self._script, name, job_id, *args)
         raise BackendUnavailable(f"redis: unreachable for {self.lease}s")
 
     def _keys(self, job_id: str) -> list[str]:
@@ -141,7 +143,7 @@ class RedisBackend:
 
     async def create(self, job_id: str, keep: float) -> None:
         token = secrets.token_hex(8)  # so that a retry of this very call is not refused
-        if not await self._once(self._create, self._keys(job_id), [_ms(keep), token]):
+        if not await self._once("create", job_id, _ms(keep), token):
             raise JobExists(f"job {job_id!r} already exists")
 
     @asynccontextmanager
@@ -150,66 +152,82 @@ class RedisBackend:
     ) -> AsyncIterator[Claim]:
         if job_id in self._tokens:  # a publisher in this process is alive: never taken over
             raise JobExists(f"job {job_id!r} already has a publisher")
-        keys, token = self._keys(job_id), secrets.token_hex(8)
+        token = secrets.token_hex(8)
         args = [_ms(self.lease), token, int(takeover), -1 if grace is None else _ms(grace)]
-        code, last, attempt = await self._once(self._claim, keys, args)
-        if code == -1:
-            raise JobLost(f"no job {job_id!r}")
+        code, last, attempt, alive, cancelled = await self._once("claim", job_id, *args)
+        if code == 0 and takeover:
+            # Its publisher's lease has not run out: wait until it would have, once.
+            # One that is alive renews it meanwhile, and keeps the job (a
+            # duplicate delivery, say); a dead one lets it lapse.
+            await sleep(alive / 1000)  # a lease's end, not a wait for an event
+            code, last, attempt, alive, cancelled = await self._once("claim", job_id, *args)
+        if code in (-1, -3):
+            raise JobLost(f"job {job_id!r} is {'unknown' if code == -1 else 'lost'}")
         if code in (0, -2):
-            what = "already has a publisher" if code == 0 else "has ended"
+            what = "has a live publisher" if code == 0 else "has ended"
             raise JobExists(f"job {job_id!r} {what}")
         self._tokens[job_id] = token
         try:
             async with create_task_group() as tg:
-                tg.start_soon(self._renew_lease, keys, token)
+                tg.start_soon(self._renew_lease, job_id, token)
                 try:
-                    yield Claim(last, attempt, taken_over=code == 2, abandoned=code == 3)
+                    how = {"taken_over": code == 2, "abandoned": code == 3}
+                    yield Claim(last, attempt, cancelled=bool(cancelled), **how)
                 finally:
                     tg.cancel_scope.cancel()
         finally:
             del self._tokens[job_id]
+            self._fenced.discard(token)
             # Also when cancelled: the job is not running any more, say so now.
             with CancelScope(shield=True), move_on_after(self.lease):
                 try:
-                    await self._call(self._lose, keys=keys, args=[token])
+                    await self._script("lose", job_id, token)
                 except BackendUnavailable:
                     logger.warning("job %s: could not mark it lost; its lease will run out", job_id)
 
-    async def _renew_lease(self, keys: list[str], token: str) -> None:
+    async def _renew_lease(self, job_id: str, token: str) -> None:
         while True:
             await sleep(self.lease / 3)  # a lease renewal period, not a wait for an event
             with suppress(BackendUnavailable):  # renewed on the next round: watchers
-                await self._call(self._renew, keys=keys, args=[_ms(self.lease), token])
+                if not await self._script("renew", job_id, _ms(self.lease), token):
+                    self._fenced.add(token)  # wait_cancelled says so
+                    return
 
-    async def release(self, job_id: str) -> None:
-        await self._once(self._release, self._keys(job_id), [self._token(job_id)])
+    async def release(self, job_id: str, cancelled: tuple[int, bytes]) -> bool:
+        done = await self._once("release", job_id, self._token(job_id), *cancelled)
+        if not done:
+            raise JobLost(f"job {job_id!r} is no longer this attempt's to publish")
+        return bool(done == 1)
 
     async def note(self, job_id: str, event: tuple[int, bytes]) -> bool:
-        return bool(await self._once(self._note, self._keys(job_id), list(event)))
+        return bool(await self._once("note", job_id, *event))
 
     async def cancel(self, job_id: str, event: tuple[int, bytes]) -> Cancel:
-        done: bytes = await self._once(self._cancel, self._keys(job_id), list(event))
+        done: bytes = await self._once("cancel", job_id, *event)
         return cast(Cancel, done.decode())
 
     async def wait_cancelled(self, job_id: str) -> None:
-        ctl = self._key(job_id, "ctl")
-        while not await retrying(self._call, self.client.blpop, [ctl], timeout=self.block):
-            pass
+        """The flag says, the list wakes: a signal another attempt consumed, or
+        one sent before this attempt began, is not missed."""
+        token = self._token(job_id)
+        meta, ctl = self._key(job_id, "meta"), self._key(job_id, "ctl")
+        while not await retrying(self._call, self.client.hexists, meta, "cancel"):
+            if token in self._fenced:
+                raise JobLost(f"job {job_id!r} is no longer this attempt's to publish")
+            await retrying(self._call, self.client.blpop, [ctl], timeout=self.block)
 
     async def append(self, job_id: str, events: Sequence[tuple[int, bytes]], first: int) -> None:
         # One entry per batch: however many events it holds, one script call,
         # one XADD, and one entry for each watcher to read.
         args: list[int | bytes | str] = [self._token(job_id), first]
         if events:
-            frames = [frame for _, frame in events]
-            args += [events[0][0], struct.pack(f"<{len(frames)}I", *map(len, frames))]
-            args.append(b"".join(frames))
-        if await self._call(self._append, keys=self._keys(job_id), args=args) == -1:
+            args += pack(events)
+        if await self._script("append", job_id, *args) == -1:
             raise JobLost(f"job {job_id!r} is no longer this attempt's to publish")
 
     async def finish(self, job_id: str, end_id: int, keep: float) -> None:
         args = [self._token(job_id), end_id, _ms(keep)]
-        if await self._call(self._finish, keys=self._keys(job_id), args=args) == -1:
+        if await self._script("finish", job_id, *args) == -1:
             raise JobLost(f"job {job_id!r} is no longer this attempt's to publish")
 
     async def info(self, job_id: str) -> JobInfo | None:
@@ -231,34 +249,14 @@ class RedisBackend:
             self.client.xread, {log: f"{after}-0"}, count=self.page, block=_ms(self.block)
         )
         if reply:
-            entries = reply[0][1]
-            events: list[tuple[int, bytes]] = []
-            end_id = None
-            # The newest batch knows best what trimming keeps (a batch that
-            # trimming cut into stays whole in the stream).
-            for _, fields in reversed(entries):
-                if b"k" in fields:
-                    after = max(after, int(fields[b"k"]) - 1)
-                    break
-            for entry_id, fields in entries:
-                number, _, sub = entry_id.partition(b"-")
-                if sub == b"1":  # the end marker
-                    end_id = int(number)
-                    continue
-                event_id, data, start = int(fields[b"f"]), fields[b"d"], 0
-                for size in struct.unpack(f"<{len(fields[b'n']) // 4}I", fields[b"n"]):
-                    if event_id > after:  # a batch may start before the cursor
-                        events.append((event_id, data[start : start + size]))
-                    event_id += 1
-                    start += size
-            return Page(events, end_id)
+            return Page(*unpack(reply[0][1], after))
         # Nothing for a while: is anyone still publishing?
         info = await self.info(job_id)
         if info is not None and info.state == "lost":
             # Give a publisher cut off from Redis (a restart) one lease to come back,
             # then make it official, so that it publishes nothing more if it does.
             await sleep(self.lease)  # a lease period, not a wait for an event
-            await self._call(self._lose, keys=self._keys(job_id), args=[""])
+            await self._script("lose", job_id, "")
             info = await self.info(job_id)
         if info is None or info.state == "lost":
             raise JobLost(f"job {job_id!r} is gone")
@@ -266,25 +264,24 @@ class RedisBackend:
 
     @asynccontextmanager
     async def watching(self, job_id: str) -> AsyncIterator[None]:
-        watched = self._key(job_id, "watched")
         try:
             with suppress(BackendUnavailable):  # counted from now on (else from the next round)
-                await self._call(self.client.set, watched, 1, px=_ms(self.lease))
+                await self._script("watch", job_id, _ms(self.lease))
             async with create_task_group() as tg:
-                tg.start_soon(self._renew_watch, watched)
+                tg.start_soon(self._renew_watch, job_id)
                 try:
                     yield
                 finally:
                     tg.cancel_scope.cancel()
         finally:  # a job still in its engine's queue counts as unwatched from now
             with CancelScope(shield=True), move_on_after(self.lease), suppress(BackendUnavailable):
-                await self._call(self._unwatch, keys=self._keys(job_id), args=[])
+                await self._script("unwatch", job_id)
 
-    async def _renew_watch(self, watched: str) -> None:
+    async def _renew_watch(self, job_id: str) -> None:
         while True:
             await sleep(self.lease / 3)  # a lease renewal period, not a wait for an event
             with suppress(BackendUnavailable):  # renewed on the next round
-                await self._call(self.client.set, watched, 1, px=_ms(self.lease))
+                await self._script("watch", job_id, _ms(self.lease))
 
     async def wait_unwatched(self, job_id: str, grace: float) -> None:
         watched = self._key(job_id, "watched")

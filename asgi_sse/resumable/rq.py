@@ -17,6 +17,7 @@ An RQ job's id is the asgi-sse job's, so RQ's own tools (``rq info``,
 from __future__ import annotations
 
 import inspect
+import pickle
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, cast
@@ -24,7 +25,10 @@ from typing import Any, cast
 import anyio
 
 try:
+    import redis.asyncio as aioredis
+    from redis import connection as sync_connection
     from redis.asyncio import Redis
+    from redis.asyncio.connection import AbstractConnection
     from rq import Queue, get_current_job
     from rq.exceptions import InvalidJobOperation, NoSuchJobError
     from rq.job import cancel_job
@@ -92,7 +96,7 @@ class RQJobs(EngineJobs):
     def _submit(self, call: dict[str, Any], options: dict[str, Any]) -> None:
         try:
             self.queue.enqueue_call(perform, kwargs=call, job_id=call["job_id"], **options)
-        except (TypeError, AttributeError, ValueError) as exc:  # what pickle raises
+        except (TypeError, AttributeError, ValueError, pickle.PicklingError) as exc:  # pickle's
             raise TypeError(f"RQ cannot send this job to a worker: {exc}") from exc
 
     def _function(self, task: Any) -> Callable[..., Any]:
@@ -100,8 +104,8 @@ class RQJobs(EngineJobs):
             raise TypeError(f"RQ runs functions, got {task!r}")
         return cast("Callable[..., Any]", task)
 
-    def _position(self, job_id: str, options: dict[str, Any]) -> int | None:
-        index = self.queue.get_job_position(job_id)
+    def _position(self, call: dict[str, Any], options: dict[str, Any]) -> int | None:
+        index = self.queue.get_job_position(call["job_id"])
         return None if index is None else index + 1
 
     def _withdraw(self, job_id: str) -> None:
@@ -110,13 +114,24 @@ class RQJobs(EngineJobs):
 
 
 def _async_twin(connection: Any) -> Redis:
-    """An asyncio client to the server that a sync redis-py client talks to, with
-    its settings (those the asyncio client has: host, port, password, TLS...)."""
-    known = inspect.signature(Redis).parameters
-    given = connection.connection_pool.connection_kwargs
+    """An asyncio client to the server that a sync redis-py client talks to, the
+    same way (TCP, TLS or a Unix socket) and with its settings."""
+    pool = connection.connection_pool
+    kind = pool.connection_class
+    twin: type[AbstractConnection] = aioredis.Connection
+    if issubclass(kind, sync_connection.UnixDomainSocketConnection):
+        twin = aioredis.UnixDomainSocketConnection
+    elif issubclass(kind, sync_connection.SSLConnection):
+        twin = aioredis.SSLConnection
+    known = {name for c in twin.__mro__ if "__init__" in vars(c) for name in _parameters(c)}
+    given = pool.connection_kwargs
     kwargs = {name: value for name, value in given.items() if name in known}
     kwargs.pop("decode_responses", None)  # the log is bytes
-    return Redis(**kwargs)
+    return Redis.from_pool(aioredis.ConnectionPool(connection_class=twin, **kwargs))  # owns it
+
+
+def _parameters(cls: type) -> list[str]:
+    return list(inspect.signature(cls.__init__).parameters)  # type: ignore[misc]
 
 
 def perform(
