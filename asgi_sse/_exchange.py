@@ -39,6 +39,7 @@ from ._shutdown import absorb_native_cancel
 from ._timer import Due, Timer
 
 if TYPE_CHECKING:
+    from ._observe import StreamRecord
     from ._response import EventStream
 
 __all__ = ["FAREWELL_TIMEOUT", "Exchange"]
@@ -59,6 +60,7 @@ class Exchange:
         "complete",
         "ended",
         "hub",
+        "record",
         "run",
         "scope",
         "stream",
@@ -71,6 +73,7 @@ class Exchange:
         self.scope = scope
         self.hub = hub
         self.ticket: Ticket | None = None
+        self.record: StreamRecord | None = None  # what the app's observers see of it
         self.channel = Channel(stream.options.max_buffer_bytes, coalesce=stream.options.coalesce)
         self.run: Run | None = None
         self.ended = False  # the client left, or the last message is on its way
@@ -87,6 +90,9 @@ class Exchange:
             if self.ticket is None:
                 return refusal(hub)
             self.ticket.end = self.end
+            if hub.observers:  # a resumable job's watch names its job
+                job_id = getattr(self.stream.source, "job_id", None)
+                self.record = self.ticket.record = hub.opened(self.scope, job_id)
         return None
 
     async def open(self) -> Refusal | None:
@@ -172,9 +178,10 @@ class Exchange:
     async def _next_body(self) -> bytes:
         """The channel's next batch as one body: a burst of events leaves in one send."""
         batch = await self.channel.receive()
+        body = batch[0] if len(batch) == 1 else b"".join(batch)
         if self.hub is not None:
-            self.hub.events_sent += len(batch) - batch.count(HEARTBEAT)
-        return batch[0] if len(batch) == 1 else b"".join(batch)
+            self.hub.sent(len(batch) - batch.count(HEARTBEAT), body, batch[-1], self.record)
+        return body
 
     async def _send(self, send: Send, message: dict[str, object]) -> bool:
         """Send, timed; False for a connection the server says is closed."""
@@ -219,7 +226,7 @@ class Exchange:
         between handing out a chunk and being asked for the next."""
         refused = self.admit()
         if refused is not None:
-            yield _once(refused.body)
+            yield refused.as_event()
             return
         try:
             async with create_task_group() as tg:
@@ -287,8 +294,3 @@ class Exchange:
         if self.hub is not None:
             self.hub.disconnects += 1
         self.give_up()
-
-
-async def _once(error: bytes) -> AsyncIterator[bytes]:
-    """A full app's refusal, as a body's one ``error`` event."""
-    yield b"event: error\ndata: %b\n\n" % error

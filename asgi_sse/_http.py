@@ -5,7 +5,7 @@ sent instead of a stream, and a plain answer to the lifespan protocol."""
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -83,6 +83,10 @@ class Refusal:
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
+
+    async def as_event(self) -> AsyncIterator[bytes]:
+        """The refusal as a body's one ``error`` event, once a 200 has gone out."""
+        yield b"event: error\ndata: %b\n\n" % self.body
 
 
 def error_response(

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from time import monotonic
+from typing import Any, Protocol
 
 from anyio import CapacityLimiter, Event, current_time, move_on_after
+
+from ._observe import JobRecord, Observer, StreamRecord, outcome_of
 
 __all__ = ["SCOPE_KEY", "Governed", "Hub", "Stats", "Ticket"]
 
@@ -36,6 +39,7 @@ class Stats:
     queued_jobs: int  #: streams waiting for a slot (told their place by ``queued`` events)
     running_jobs: int  #: streams whose job holds a slot
     events_sent: int  #: events handed to the server, heartbeats not counted
+    bytes_sent: int  #: bytes of events and heartbeats handed to the server
     disconnects: int  #: clients that left before their stream ended
     send_timeouts: int  #: clients dropped because they stopped reading
     refused: int  #: streams refused with 503 (full, or shutting down)
@@ -49,10 +53,12 @@ class Ticket:
     """One admitted stream (or resumable job): how to end it early, and its
     place in line."""
 
-    __slots__ = ("end", "holding", "on_position", "position", "turn")
+    __slots__ = ("end", "holding", "on_position", "position", "record", "turn", "waited")
 
-    def __init__(self) -> None:
+    def __init__(self, record: StreamRecord | None = None) -> None:
         self.end: Callable[[], None] = _nothing_yet
+        self.record = record  # what observers see of its stream
+        self.waited: float | None = None  # when it began to wait for a slot
         self.turn: Event | None = None  # set when a slot is handed over
         self.holding = False  # its job holds a slot
         self.position = 0
@@ -70,7 +76,13 @@ class Hub:
     """Admission and shutdown for all streams of one app (see the middleware)."""
 
     def __init__(
-        self, *, max_streams: int | None, queue: int, threads: int, retry_after: int
+        self,
+        *,
+        max_streams: int | None,
+        queue: int,
+        threads: int,
+        retry_after: int,
+        observers: Sequence[Observer] = (),
     ) -> None:
         if max_streams is not None and max_streams < 1:
             raise ValueError(f"max_streams must be at least 1 or None, got {max_streams!r}")
@@ -93,6 +105,10 @@ class Hub:
         self._running = 0
         self._idle: Event | None = None
         self.events_sent = 0
+        self.bytes_sent = 0
+        self.observers = tuple(observers)
+        for observer in self.observers:
+            observer.attached(self.stats)
         self.disconnects = 0
         self.send_timeouts = 0
         self.refused = 0
@@ -103,6 +119,7 @@ class Hub:
             queued_jobs=len(self._waiting),
             running_jobs=self._running,
             events_sent=self.events_sent,
+            bytes_sent=self.bytes_sent,
             disconnects=self.disconnects,
             send_timeouts=self.send_timeouts,
             refused=self.refused,
@@ -134,6 +151,8 @@ class Hub:
 
     def leave(self, ticket: Ticket) -> None:
         self._open.discard(ticket)
+        if ticket.record is not None:
+            self.closed(ticket.record)
         if ticket.holding:
             self._draining.add(ticket)
         self._maybe_idle()
@@ -168,6 +187,7 @@ class Hub:
         else:
             ticket.turn = Event()
             ticket.on_position = on_position
+            ticket.waited = monotonic()
             self._waiting.append(ticket)
             self._announce()
             try:
@@ -202,6 +222,56 @@ class Hub:
             if ticket.position != place and ticket.on_position is not None:
                 ticket.position = place
                 ticket.on_position(place)
+
+    # -- what observers see (see _observe) ---------------------------------------
+
+    def sent(self, events: int, body: bytes, last: bytes, record: StreamRecord | None) -> None:
+        """A batch handed to the server, ``last`` its last frame: counted per
+        batch, never per event."""
+        self.events_sent += events
+        self.bytes_sent += len(body)
+        if events and record is not None:
+            if not last.startswith(b":"):  # a heartbeat (a comment) says nothing of the end
+                record.last = last
+            if record.first_event is None:
+                record.first_event = monotonic()
+
+    def opened(self, request: Mapping[str, Any], job_id: str | None) -> StreamRecord:
+        """The record of a stream just admitted, for its observers."""
+        method, path = request.get("method", "GET"), request.get("path", "")
+        record = StreamRecord(method, path, job_id, monotonic())
+        self._tell("stream_opened", record)
+        return record
+
+    def closed(self, record: StreamRecord) -> None:
+        record.closed = monotonic()
+        record.outcome, record.error = outcome_of(record.last)
+        self._tell("stream_closed", record)
+
+    @contextmanager
+    def job(self, ticket: Ticket, run: Any) -> Iterator[None]:
+        """Observe a run that holds a slot, if anyone observes: its wait, its
+        time, and how it ended (its last event; none: nobody was listening)."""
+        if not self.observers:
+            yield
+            return
+        record = JobRecord(ticket.record, ticket.waited, monotonic())
+        self._tell("job_started", record)
+        try:
+            yield
+        finally:
+            record.ended = monotonic()
+            record.outcome, record.error = outcome_of(getattr(run, "last", None))
+            if record.outcome == "none":
+                record.outcome = "cancelled"  # stopped: its client left, or never came
+            self._tell("job_ended", record)
+
+    def _tell(self, hook: str, record: StreamRecord | JobRecord) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, hook)(record)
+            except Exception:
+                logger.exception("observer %r failed in %s; the stream goes on", observer, hook)
 
     async def shutdown(self, grace: float) -> None:
         """Refuse new streams, end every open one with a final event (which stops

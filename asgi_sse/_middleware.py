@@ -22,13 +22,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from anyio import CapacityLimiter, create_task_group
 
 from ._http import ASGIApp, Message, Receive, Scope, Send, answer_lifespan
 from ._hub import SCOPE_KEY, Governed, Hub, Stats
+from ._observe import Observer
 from ._run import DEFAULT_THREADS
 from ._shutdown import chained
 
@@ -56,6 +57,8 @@ class EventStreamMiddleware:
     - ``jobs``: resumable jobs (:class:`asgi_sse.resumable.Jobs`) to run under
       the same policy: its thread limiter, and its slots, for which they wait
       in line like streams (their watchers are told their place).
+    - ``observers``: what reports its streams and jobs to operators
+      (:mod:`asgi_sse.metrics`: Prometheus, OpenTelemetry, or your own).
     - ``shutdown_signals``: signals (``(signal.SIGTERM, signal.SIGINT)``) on which
       the process runs :meth:`shutdown` at once and then hands the signal on to the
       server's own handler, for servers that otherwise wait on open streams for
@@ -75,10 +78,15 @@ class EventStreamMiddleware:
         shutdown_grace: float = 5.0,
         jobs: Governed | None = None,
         shutdown_signals: Collection[int] = (),
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.app = app
         self._hub = Hub(
-            max_streams=max_streams, queue=queue, threads=threads, retry_after=retry_after
+            max_streams=max_streams,
+            queue=queue,
+            threads=threads,
+            retry_after=retry_after,
+            observers=observers,
         )
         self.shutdown_grace = shutdown_grace
         self.shutdown_signals = tuple(shutdown_signals)

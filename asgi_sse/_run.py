@@ -181,7 +181,8 @@ async def run_under(
         # that came with the slot is seen first.)
         await checkpoint()
         if not channel.cancelled:
-            await run(limiter)
+            with hub.job(ticket, run):
+                await run(limiter)
 
 
 def describe(source: object, scope: Mapping[str, Any]) -> str:
@@ -200,12 +201,13 @@ class BaseRun:
     numbered after the run's own when it numbers them."""
 
     takes_slot: ClassVar[bool] = True
-    __slots__ = ("channel", "options", "what")
+    __slots__ = ("channel", "last", "options", "what")
 
     def __init__(self, channel: Channel, options: RunOptions, what: str) -> None:
         self.channel = channel
         self.options = options
         self.what = what  # for the log: which job, for which request
+        self.last: bytes | None = None  # its terminal event, once made: how it ended
 
     async def _produce(self, limiter: CapacityLimiter) -> Any:
         raise NotImplementedError
@@ -220,7 +222,8 @@ class BaseRun:
     def farewell(self, data: Any = SHUTDOWN_ERROR) -> bytes:
         """An ``error`` event to end early with, numbered after the run's own."""
         with self._numbering() as next_id:
-            return self.options.encoder.message("error", next_id, data)
+            self.last = self.options.encoder.message("error", next_id, data)
+        return self.last
 
     async def __call__(self, limiter: CapacityLimiter) -> None:
         channel = self.channel
@@ -249,7 +252,8 @@ class BaseRun:
 
         def terminal() -> bytes:
             with self._numbering() as next_id:
-                return last(value, next_id)
+                self.last = last(value, next_id)
+            return self.last
 
         self.channel.end(terminal, early=False)
 

@@ -111,6 +111,29 @@ asgi_sse_middleware = EventStreamMiddleware(
 )
 
 
+def _observed() -> EventStreamMiddleware:
+    """The same, observed by both of asgi_sse.metrics: Prometheus metrics, and an
+    OpenTelemetry SDK tracer recording every span (exported nowhere: the cost of
+    recording, not of a collector)."""
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from asgi_sse.metrics.otel import OpenTelemetryTracing  # noqa: PLC0415
+    from asgi_sse.metrics.prometheus import PrometheusMetrics  # noqa: PLC0415
+
+    observers = [
+        PrometheusMetrics(registry=CollectorRegistry()),
+        OpenTelemetryTracing(tracer_provider=TracerProvider()),
+    ]
+    threads = THREADS or 40
+    return EventStreamMiddleware(
+        asgi_sse, threads=threads, max_streams=threads, queue=1000, observers=observers
+    )
+
+
+asgi_sse_observed = _observed()
+
+
 @get("/")
 async def _litestar_handler(
     n: int = 1000, interval: float = 0.0, hold: float = 0.0, hb: float = 0.0

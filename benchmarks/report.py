@@ -24,7 +24,13 @@ import matplotlib.pyplot as plt
 
 ROOT = Path(__file__).resolve().parent.parent
 Runs = list[dict[str, Any]]
-ASGI_SSE = ("asgi_sse", "asgi_sse_middleware", "asgi_sse_litestar", "asgi_sse_quart")
+ASGI_SSE = (
+    "asgi_sse",
+    "asgi_sse_middleware",
+    "asgi_sse_observed",
+    "asgi_sse_litestar",
+    "asgi_sse_quart",
+)
 
 
 def _median(runs: Runs, get: Callable[[dict[str, Any]], float | None]) -> float | None:

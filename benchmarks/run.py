@@ -42,6 +42,7 @@ MODULES = {
     "floor": "apps",
     "asgi_sse": "apps",
     "asgi_sse_middleware": "apps",
+    "asgi_sse_observed": "apps",
     "asgi_sse_litestar": "apps",
     "asgi_sse_quart": "apps",
     "queue_pattern": "alternatives",
@@ -78,7 +79,9 @@ class Scenario:
         )
 
 
-_ALL = tuple(name for name in MODULES if name != "asgi_sse_middleware")
+#: Not in every scenario: the middleware's cost, and the cost of observing it (metrics).
+EXTRAS = ("asgi_sse_middleware", "asgi_sse_observed")
+_ALL = tuple(name for name in MODULES if name not in EXTRAS)
 SCENARIOS = {
     "A": Scenario("A", "latency: 1 stream, 2000 events 2 ms apart", 1, 2000, 0.002, latency=True),
     "B": Scenario(
@@ -88,7 +91,7 @@ SCENARIOS = {
         100,
         0.02,
         latency=True,
-        only=(*_ALL, "asgi_sse_middleware"),
+        only=(*_ALL, *EXTRAS),
     ),
     "B200": Scenario(
         "B200",
@@ -98,15 +101,17 @@ SCENARIOS = {
         0.02,
         threads=200,
         latency=True,
-        only=(*_ALL, "asgi_sse_middleware"),
+        only=(*_ALL, *EXTRAS),
     ),
-    "C1": Scenario("C1", "throughput: 1 stream x 100,000 events, no sleep", 1, 100_000),
+    "C1": Scenario(
+        "C1", "throughput: 1 stream x 100,000 events, no sleep", 1, 100_000, only=(*_ALL, *EXTRAS)
+    ),
     "C50": Scenario(
         "C50",
         "throughput: 50 streams x 5,000 events, no sleep",
         50,
         5000,
-        only=(*_ALL, "asgi_sse_middleware"),
+        only=(*_ALL, *EXTRAS),
     ),
     "D": Scenario(
         "D",

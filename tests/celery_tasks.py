@@ -25,9 +25,10 @@ unencodable = progress_task(app)(engine_tasks.unencodable)
 flaky = progress_task(app, autoretry_for=(ValueError,), max_retries=1, default_retry_delay=0)(
     engine_tasks.flaky
 )
-# Retried by Celery for any exception: a cancel still ends it (JobCancelled is one).
+# Retried by Celery for anything it raises, JobCancelled (a BaseException) too:
+# a cancel still ends it.
 until_cancelled_retried = progress_task(
-    app, name="until_cancelled_retried", autoretry_for=(Exception,), default_retry_delay=0
+    app, name="until_cancelled_retried", autoretry_for=(BaseException,), default_retry_delay=0
 )(engine_tasks.until_cancelled)
 # Its limit in retry_kwargs, below the task's max_retries (3): retried once, then failed.
 fails_retried = progress_task(

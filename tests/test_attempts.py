@@ -11,10 +11,10 @@ from contextlib import contextmanager
 
 import anyio
 import pytest
-from backends import LEASE, anyio_backend, backend, case, frames, kind, redis_url
+from backends import anyio_backend, backend, case, frames, kind, redis_url
 from conftest import BOUND
 from processes import Running, worker
-from test_store import read_until, time_passes
+from test_store import read_forever, read_until, time_passes
 
 from asgi_sse.resumable._store import Backend, JobExists, JobLost
 
@@ -61,6 +61,32 @@ async def test_an_ended_or_lost_job_is_never_claimed_again(backend: Backend) -> 
                 pytest.fail("an unknown job was claimed")
 
 
+#: The publisher elsewhere's lease: long, so that it is alive until a test says otherwise.
+ELSEWHERE_LEASE = 1.5
+
+
+async def lease_runs_out(backend: Backend, job: str) -> None:
+    """End the lease of ``job``'s publisher (stopped or killed by now) at once, and
+    return once Redis says it has expired (a keyevent notification): what its
+    death looks like from outside, without waiting a lease for it."""
+    from asgi_sse.resumable.redis import RedisBackend  # noqa: PLC0415
+
+    assert isinstance(backend, RedisBackend)
+    client, alive = backend.client, backend._key(job, "alive").encode()
+    await client.config_set("notify-keyspace-events", "Ex")
+    expiries = client.pubsub()
+    await expiries.subscribe("__keyevent@0__:expired")
+    try:
+        await client.pexpire(alive, 1)  # (a renewal already on its way sets it again: then
+        with anyio.fail_after(BOUND):  # it runs out a lease later, the publisher being stopped)
+            while await client.exists(alive):
+                message = await expiries.get_message(timeout=BOUND)
+                if message is not None and message["data"] == alive:
+                    break
+    finally:
+        await expiries.aclose()
+
+
 @contextmanager
 def publisher_elsewhere(backend: Backend, redis_url: str, job: str, mode: str) -> Iterator[Running]:
     """A publisher of ``job`` in a process of its own (tests/publisher_process.py),
@@ -68,7 +94,8 @@ def publisher_elsewhere(backend: Backend, redis_url: str, job: str, mode: str) -
     from asgi_sse.resumable.redis import RedisBackend  # noqa: PLC0415
 
     assert isinstance(backend, RedisBackend)
-    argv = ("python", "publisher_process.py", redis_url, backend.prefix, job, str(LEASE), mode)
+    lease = str(ELSEWHERE_LEASE)
+    argv = ("python", "publisher_process.py", redis_url, backend.prefix, job, lease, mode)
     with worker("publisher", *argv) as running:
         running.wait_for_line("claimed")
         yield running
@@ -90,6 +117,7 @@ async def test_a_later_delivery_takes_over_only_from_a_dead_publisher(
             async with backend.publishing("j", takeover=True):
                 pytest.fail("a live publisher was taken over")
         first.signal(signal.SIGSTOP)  # frozen (a pause, a partition): its lease runs out
+        await lease_runs_out(backend, "j")
         async with backend.publishing("j", takeover=True) as claim:
             first.signal(signal.SIGCONT)
             assert (claim.attempt, claim.taken_over) == (2, True)
@@ -108,9 +136,9 @@ async def test_a_publisher_shut_out_is_told_while_it_waits(
     await backend.create("j", keep=60)
     with publisher_elsewhere(backend, request.getfixturevalue("redis_url"), "j", "wait") as first:
         first.signal(signal.SIGSTOP)
+        await lease_runs_out(backend, "j")
         async with backend.publishing("j", takeover=True):
-            first.signal(signal.SIGCONT)  # its next renewal finds the job taken (or the stop
-            # came before its first: nothing shuts it out, and this fails)
+            first.signal(signal.SIGCONT)  # its next renewal finds the job taken
             await anyio.to_thread.run_sync(first.wait_for_line, "shut out")
             assert "cancelled" not in first.log
 
@@ -201,7 +229,8 @@ async def test_a_cancel_is_for_good_even_against_a_takeover(
     await backend.create("j", keep=60)
     with publisher_elsewhere(backend, request.getfixturevalue("redis_url"), "j", "wait") as first:
         first.signal(signal.SIGSTOP)  # it cannot act on it (nor renew its lease)
-        assert await backend.cancel("j", frames(1)[0]) == "told"
+        assert await backend.cancel("j", frames(1)[0]) == "told"  # its lease has a while to run
+        await lease_runs_out(backend, "j")
         try:
             async with backend.publishing("j", takeover=True) as claim:
                 assert (claim.cancelled, claim.taken_over) == (True, True)  # the next one ends it
@@ -217,9 +246,7 @@ async def test_a_job_whose_publisher_died_is_cancelled_at_once(
     with publisher_elsewhere(backend, request.getfixturevalue("redis_url"), "j", "wait") as first:
         first.signal(signal.SIGKILL)
         first.process.wait()
-        with anyio.fail_after(BOUND):  # its lease runs out
-            while (info := await backend.info("j")) is None or info.state != "lost":
-                await anyio.sleep(LEASE / 10)  # a look each tenth of a lease, bounded
+        await lease_runs_out(backend, "j")
         assert await backend.cancel("j", frames(1)[0]) == "ended"  # nobody to tell: ended here
     info = await backend.info("j")
     assert info is not None
@@ -227,22 +254,41 @@ async def test_a_job_whose_publisher_died_is_cancelled_at_once(
     assert await read_until(backend, "j", 0, 1) == frames(1)
 
 
-async def test_a_waiting_job_is_kept_while_watched_and_forgotten_after(
-    backend: Backend, kind: str
+async def test_a_waiting_job_is_forgotten_after_its_keep_watched_or_not(
+    backend: Backend,
 ) -> None:
-    keep = LEASE  # shorter than BLOCK: a read with nothing to read outlasts it
-    await backend.create("j", keep=keep)
+    """A job whose task never comes (a lost message) must not say "queued" for ever."""
+    await backend.create("j", keep=0.5)
     assert await backend.note("j", frames(1)[0])
     async with backend.watching("j"):
-        if kind == "memory":
-            backend._clock.ahead += 2 * keep  # type: ignore[attr-defined]
-        else:  # returns after BLOCK, empty: more than its keep went by, watched
-            assert not (await backend.read("j", 1)).events
-        assert await backend.info("j") is not None
-    await time_passes(backend, "j", keep)  # unwatched: forgotten a keep later, log and all
-    assert await backend.info("j") is None
-    if kind == "redis":
-        assert not await backend.client.exists(backend._key("j", "log"))  # type: ignore[attr-defined]
+        await time_passes(backend, "j", 0.5)
+        assert await backend.info("j") is None
+        with anyio.fail_after(BOUND), pytest.raises(JobLost):  # its watcher is told
+            await read_forever(backend, "j")
+
+
+@REDIS_ONLY  # in memory, what is forgotten is forgotten at once
+async def test_every_key_of_a_job_expires_whatever_wrote_it_first(backend: Backend) -> None:
+    from asgi_sse.resumable.redis import RedisBackend  # noqa: PLC0415
+
+    assert isinstance(backend, RedisBackend)
+
+    async def no_key_for_ever(job: str) -> None:
+        keys = [k async for k in backend.client.scan_iter(f"{backend.prefix}{{{job}}}:*")]
+        assert keys
+        for key in keys:
+            assert await backend.client.pttl(key) > 0, key
+
+    await backend.create("cancelled", keep=60)
+    await backend.cancel("cancelled", frames(1)[0])  # the log begins with its end
+    await no_key_for_ever("cancelled")
+    await backend.create("noted", keep=60)
+    await backend.note("noted", frames(1)[0])  # the log begins with a note
+    await no_key_for_ever("noted")
+    await backend.create("appended", keep=60)
+    async with backend.publishing("appended"):
+        await backend.append("appended", frames(1), 1)  # the log begins with a batch
+        await no_key_for_ever("appended")
 
 
 @REDIS_ONLY  # in memory, a call cannot lose its reply

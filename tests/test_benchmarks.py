@@ -27,6 +27,7 @@ IMPLEMENTATIONS = {
     "floor",
     "asgi_sse",
     "asgi_sse_middleware",
+    "asgi_sse_observed",
     "asgi_sse_litestar",
     "asgi_sse_quart",
     "queue_pattern",

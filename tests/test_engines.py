@@ -258,7 +258,7 @@ def test_a_running_job_is_cancelled_at_its_next_report_and_not_retried(
 
 @pytest.mark.parametrize("engine", CELERY, indirect=True)
 @pytest.mark.usefixtures("default_worker")
-def test_a_cancelled_job_is_not_retried_even_by_autoretry_for_any_exception(
+def test_a_cancelled_job_is_not_retried_even_by_autoretry_for_anything(
     web: httpx.Client, engine: Engine, redis: Redis
 ) -> None:
     job_tag = tag()
@@ -452,6 +452,8 @@ async def test_a_celery_broker_unreachable_at_enqueue_is_a_clear_error(
             await jobs.backend.client.aclose()
     (record,) = redis.keys(f"{prefix}*:meta")  # made before the broker was asked
     assert redis.hget(record, "state") == b"ended"  # and ended: nobody waits for it
+    for key in redis.keys(f"{prefix}*"):
+        assert redis.pttl(key) > 0, key  # and forgotten in time, log and all
 
 
 @pytest.mark.anyio

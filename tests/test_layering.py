@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -18,7 +19,8 @@ MODULES = sorted(
     ".".join(("asgi_sse", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
     for p in PACKAGE.rglob("*.py")
 )
-CORE = [m for m in MODULES if not m.startswith(("asgi_sse.resumable", "asgi_sse.testing"))]
+LAYERS = ("asgi_sse.resumable", "asgi_sse.testing", "asgi_sse.metrics")
+CORE = [m for m in MODULES if not m.startswith(LAYERS)]
 RESUMABLE = [m for m in MODULES if m.startswith("asgi_sse.resumable")]
 
 
@@ -59,6 +61,8 @@ SANS_IO = [
     "asgi_sse.testing._messages",
     "asgi_sse._latest",
     "asgi_sse.resumable._redis_lua",
+    "asgi_sse.resumable._redis_entries",
+    "asgi_sse._observe",
 ]
 
 
@@ -75,8 +79,8 @@ def test_sans_io_modules_use_the_standard_library_and_msgspec_only(module: str) 
 
 @pytest.mark.parametrize("module", CORE)
 def test_the_core_never_imports_the_layers_built_on_it(module: str) -> None:
-    layers = ("asgi_sse.resumable", "asgi_sse.testing")
-    assert not {name for name in own(module) if name.startswith(layers)}
+    assert not {name for name in own(module) if name.startswith(LAYERS)}
+    assert not outside(module) & {"prometheus_client", "opentelemetry"}
 
 
 def test_the_bridge_knows_only_anyio_and_its_exception() -> None:
@@ -98,11 +102,11 @@ def test_runs_and_policy_know_nothing_of_the_streams_built_on_them(module: str) 
 
 
 def test_only_the_top_layer_speaks_asgi_messages() -> None:
-    speakers = {
-        module
-        for module in MODULES
-        if any(word in path(module).read_text() for word in ('"http.', '"lifespan', 'scope["'))
-    }
+    # ASGI's message types, whole (not an OpenTelemetry attribute such as "http.request.method").
+    message = re.compile(
+        r'"(http\.(request|response\.start|response\.body|disconnect)|lifespan[.\w]*)"|scope\["'
+    )
+    speakers = {module for module in MODULES if message.search(path(module).read_text())}
     assert speakers == {
         "asgi_sse._http",
         "asgi_sse._exchange",
@@ -113,8 +117,13 @@ def test_only_the_top_layer_speaks_asgi_messages() -> None:
     }
 
 
-def test_the_hub_imports_nothing_of_its_own() -> None:
-    assert own("asgi_sse._hub") == set()
+def test_the_hub_imports_only_what_observers_see() -> None:
+    assert own("asgi_sse._hub") == {"asgi_sse._observe"}
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m.startswith("asgi_sse.metrics")])
+def test_metrics_see_streams_only_as_observers_do(module: str) -> None:
+    assert own(module) <= {"asgi_sse._observe", "asgi_sse.metrics"}
 
 
 BACKENDS = ["asgi_sse.resumable._store", "asgi_sse.resumable._memory", "asgi_sse.resumable.redis"]
@@ -127,6 +136,7 @@ def test_backends_see_only_the_log_rules_and_each_other(module: str) -> None:
         "asgi_sse.resumable._store",
         "asgi_sse.resumable._log",
         "asgi_sse.resumable._redis_lua",
+        "asgi_sse.resumable._redis_entries",
     }
 
 
@@ -148,7 +158,9 @@ def test_adapters_use_only_the_public_api(adapter: str) -> None:
                 assert all(a.name.split(".")[0] != "asgi_sse" for a in node.names)
 
 
-@pytest.mark.parametrize("module", ["asgi_sse", "asgi_sse.resumable", "asgi_sse.testing"])
+@pytest.mark.parametrize(
+    "module", ["asgi_sse", "asgi_sse.resumable", "asgi_sse.testing", "asgi_sse.metrics"]
+)
 def test_the_public_faces_are_re_exports_only(module: str) -> None:
     tree = ast.parse(path(module).read_text())
     assert {type(node).__name__ for node in tree.body} <= {"Expr", "ImportFrom", "Assign"}

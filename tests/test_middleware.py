@@ -83,6 +83,7 @@ async def test_over_the_cap_a_stream_is_refused_with_503_before_it_starts() -> N
             queued_jobs=0,
             running_jobs=1,
             events_sent=1,
+            bytes_sent=len(first.body),  # its one event, as the client has it
             disconnects=0,
             send_timeouts=0,
             refused=1,

@@ -19,6 +19,8 @@ USER_EXTRAS = {
     "granian",
     "hypercorn",
     "litestar",
+    "otel",
+    "prometheus",
     "quart",
     "redis",
     "rq",
@@ -57,4 +59,8 @@ def test_the_wheel_publishes_the_users_extras_only_and_no_placeholder_address(
     # The adapters and the test client ship in the same wheel.
     with zipfile.ZipFile(wheel) as archive:
         files = set(archive.namelist())
-    assert {"asgi_sse/testing/__init__.py", "asgi_sse_quart/__init__.py"} <= files
+    assert {
+        "asgi_sse/testing/__init__.py",
+        "asgi_sse/metrics/prometheus.py",
+        "asgi_sse_quart/__init__.py",
+    } <= files

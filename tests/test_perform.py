@@ -151,7 +151,9 @@ async def test_a_job_that_returned_is_not_retried_even_if_its_result_cannot_be_s
     assert asked == []
 
 
-async def test_a_cancel_as_the_attempt_fails_to_be_retried_still_ends_the_job() -> None:
+async def test_a_job_cancelled_as_it_fails_to_be_retried_ends_cancelled_not_retried() -> None:
+    """Whichever comes first, the cancel or the failure, the job ends with JobCancelled
+    (the release that loses the race is the contract tests' case, test_attempts)."""
     jobs = Jobs()
     web = Jobs(jobs.backend)  # another process's, on the same backend
     job_id = await jobs.create()

@@ -13,6 +13,7 @@ from processes import launch, worker
 from redis_server import start_redis
 
 import asgi_sse
+import asgi_sse.metrics
 import asgi_sse.resumable
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -77,6 +78,7 @@ def test_the_readme_lists_the_public_api_as_it_is() -> None:
     named = set(re.findall(r"`([A-Za-z_][A-Za-z_]*)`", paragraph))
     constants = {"ABANDONED_ERROR", "CANCELLED_ERROR"}
     public = set(asgi_sse.__all__) | set(asgi_sse.resumable.__all__) - constants
+    public |= set(asgi_sse.metrics.__all__)
     assert named == public
 
 

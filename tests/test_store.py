@@ -474,8 +474,10 @@ def test_a_redis_backend_refuses_a_client_its_blocking_reads_would_time_out() ->
 
     from asgi_sse.resumable.redis import RedisBackend  # noqa: PLC0415
 
-    with pytest.raises(ValueError, match=r"socket_timeout \(1\.0s\) must be longer than block"):
+    with pytest.raises(ValueError, match=r"socket_timeout \(1\.0s\) must exceed block"):
         RedisBackend(Redis(socket_timeout=1.0), block=1.0)
     with pytest.raises(ValueError, match="decode_responses"):
         RedisBackend(Redis(decode_responses=True))
+    with pytest.raises(ValueError, match=r"socket_timeout \(5s\)"):  # redis-py's own default
+        RedisBackend(Redis.from_url("redis://127.0.0.1:1/0"), block=5.0)
     assert RedisBackend(Redis(socket_timeout=5.0), block=1.0).block == 1.0  # nothing connects

@@ -235,6 +235,7 @@ class Jobs:
                 # The job's own failures are its error event; this is the log's
                 # (a backend bug, say). The job ends lost, and no other job with it.
                 logger.exception("job %s could not be published; it is lost", job_id)
+                run.fenced = "lost"  # its engine is told so, whatever the job then raised
             finally:
                 del self._running[job_id]
                 if not self._running and self._idle is not None:
@@ -258,9 +259,8 @@ class Jobs:
 
     async def _cancel(self, job_id: str) -> Cancel:
         run = self._running.get(job_id)
-        if run is not None:
+        if run is not None:  # at once; the cancel in the log below makes it for good
             run.channel.end(partial(run.farewell, CANCELLED_ERROR))
-            return "told"
         while True:
             info = await self.backend.info(check_job_id(job_id))
             if info is None:

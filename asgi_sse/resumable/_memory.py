@@ -70,12 +70,9 @@ class MemoryBackend:
         while self._expiry and self._expiry[0][0] <= now:
             _, job_id = heapq.heappop(self._expiry)
             log = self._logs.get(job_id)
-            if log is None or log.state == "running" or log.expires > now:
-                continue
-            if log.state == "pending" and log.watchers:
-                continue  # kept while watched (the last to leave sets it again)
-            del self._logs[job_id]
-            log.notify()  # watchers find it gone
+            if log is not None and log.state != "running" and log.expires <= now:
+                del self._logs[job_id]
+                log.notify()  # watchers find it gone
 
     def _log(self, job_id: str) -> _Log:
         self._forget_expired()
@@ -197,26 +194,23 @@ class MemoryBackend:
                 raise JobLost(f"job {job_id!r} lost its publisher")
             if log.state == "running":
                 await log.changed.wait()
-            else:  # pending: forgotten at ``expires`` unless it starts (or is watched
-                # then: looked at again a ``keep`` later), and nothing says so
-                left = log.expires - self._clock()
-                with move_on_after(left if left > 0 else log.keep):
+            else:  # pending: forgotten at ``expires`` unless it starts, and nothing says so
+                with move_on_after(log.expires - self._clock()):
                     await log.changed.wait()
 
     @asynccontextmanager
     async def watching(self, job_id: str) -> AsyncIterator[None]:
         log = self._log(job_id)
-        self._count(job_id, log, +1)
+        self._count(log, +1)
         try:
             yield
         finally:
-            self._count(job_id, log, -1)
+            self._count(log, -1)
 
-    def _count(self, job_id: str, log: _Log, change: int) -> None:
+    def _count(self, log: _Log, change: int) -> None:
         log.watchers += change
         if not log.watchers and log.state == "pending":
             log.since = self._clock()
-            self._expire_in(log, job_id, log.keep)  # kept from now
         log.presence.set()
         log.presence = Event()
 

@@ -151,21 +151,19 @@ class Publisher:
             helpers.start_soon(self._expire)
             end_id = await self._publish()
             helpers.cancel_scope.cancel()
+        if end_id and run.fenced is None:
+            try:
+                if run.retried:
+                    end = end_id + 1  # its end instead, if it was cancelled as it failed
+                    cancelled = end, run.options.encoder.message("error", end, CANCELLED_ERROR)
+                    if not await retrying(backend.release, job_id, cancelled):
+                        run.stopped = True
+                else:
+                    await retrying(backend.finish, job_id, end_id, self.trimmer.retention.max_age)
+            except JobLost:  # its end is not the log's: it was lost, or another's, meanwhile
+                self._fenced()
         if run.fenced is not None:
             run.fenced = await self._fenced_by()
-            return
-        if not end_id:
-            return
-        try:
-            if run.retried:
-                end = end_id + 1  # its end instead, if it was cancelled as it failed
-                cancelled = end, run.options.encoder.message("error", end, CANCELLED_ERROR)
-                if not await retrying(backend.release, job_id, cancelled):
-                    run.stopped = True
-            else:
-                await retrying(backend.finish, job_id, end_id, self.trimmer.retention.max_age)
-        except JobLost:
-            logger.warning("job %s was declared lost before its end was recorded", job_id)
 
     async def _publish(self) -> int:
         """Append every batch the job makes; return the last (terminal) id."""
@@ -225,4 +223,9 @@ class Publisher:
             await sleep(trimmer.retention.max_age / 4)
             first = trimmer.first
             if trimmer.expire(current_time()) != first:
-                await retrying(self.backend.append, self.job_id, (), trimmer.first)
+                try:
+                    await retrying(self.backend.append, self.job_id, (), trimmer.first)
+                except JobLost:
+                    self._fenced()
+                    self.run.channel.cancel()  # its next report raises JobCancelled
+                    return

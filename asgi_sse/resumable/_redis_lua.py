@@ -1,6 +1,5 @@
-"""The Redis log's format, sans-IO: the Lua scripts of :mod:`asgi_sse.resumable.redis`
-(every write to a job's keys is one of these, atomic, and safe to repeat after
-a lost reply) and the packing of its stream entries.
+"""The Lua scripts of :mod:`asgi_sse.resumable.redis`, sans-IO: every write to a
+job's keys is one of these, atomic, and safe to repeat after a lost reply.
 
 KEYS, always in this order: ``meta`` (a hash: state, ids, tokens), ``alive`` (the
 publisher's lease), ``log`` (the stream), ``watched`` (the watchers' lease), ``ctl``
@@ -8,61 +7,12 @@ publisher's lease), ``log`` (the stream), ``watched`` (the watchers' lease), ``c
 A running job's keys expire a lease plus ``keep`` after its publisher's last
 renewal: a publisher that dies leaves nothing for ever.
 
-A batch of events is one stream entry, ``L-0`` for a batch whose last event is
-``L``, with fields ``f`` (its first id), ``d`` (the frames, joined) and ``n``
-(their lengths, little-endian uint32s): one entry per batch, so the cost of a
-fast job is per batch, not per event. ``MINID`` keeps whole the batch that
-holds the first event to keep, so each entry also says which that was when it
-was added (``k``), and readers skip what is older. So trimming is by the
-batch: a trim by age alone (a silent job) leaves a batch that straddles the
-limit whole until the next; an attempt's retention counts its own events (an
-earlier attempt's go once its own fill it). Entry ``N-1`` marks event ``N``
-terminal, so a watcher blocked in ``XREAD`` learns of the end from the stream.
+A batch of events is one stream entry (see ``_redis_entries``); entry ``N-1``
+marks event ``N`` terminal, so a watcher blocked in ``XREAD`` learns of the end
+from the stream.
 """
 
-from __future__ import annotations
-
-import struct
-from collections.abc import Sequence
-from typing import Any
-
-__all__ = ["SCRIPTS", "pack", "unpack"]
-
-
-def pack(events: Sequence[tuple[int, bytes]]) -> list[int | bytes]:
-    """APPEND's arguments for a batch: its first id, its frames' lengths, the frames."""
-    frames = [frame for _, frame in events]
-    return [events[0][0], struct.pack(f"<{len(frames)}I", *map(len, frames)), b"".join(frames)]
-
-
-Events = list[tuple[int, bytes]]
-
-
-def unpack(
-    entries: Sequence[tuple[bytes, dict[bytes, Any]]], after: int
-) -> tuple[Events, int | None]:
-    """The events after id ``after`` in stream entries read from the log, and
-    the terminal id if an end marker is among them."""
-    # The newest batch knows best what trimming keeps (a batch that trimming
-    # cut into stays whole in the stream).
-    for _, fields in reversed(entries):
-        if b"k" in fields:
-            after = max(after, int(fields[b"k"]) - 1)
-            break
-    events: Events = []
-    end_id = None
-    for entry_id, fields in entries:
-        number, _, sub = entry_id.partition(b"-")
-        if sub == b"1":  # the end marker
-            end_id = int(number)
-            continue
-        event_id, data, start = int(fields[b"f"]), fields[b"d"], 0
-        for size in struct.unpack(f"<{len(fields[b'n']) // 4}I", fields[b"n"]):
-            if event_id > after:  # a batch may start before the cursor
-                events.append((event_id, data[start : start + size]))
-            event_id += 1
-            start += size
-    return events, end_id
+__all__ = ["SCRIPTS"]
 
 
 # The job ends with terminal event ``id`` (``frame``): its entry, and the end marker.
@@ -70,6 +20,7 @@ _END = """
 redis.call('XADD', KEYS[3], id .. '-0', 'f', id, 'n', struct.pack('<I4', #frame), 'd', frame)
 redis.call('XADD', KEYS[3], id .. '-1', 'e', 1)
 redis.call('HSET', KEYS[1], 'state', 'ended', 'last', id, 'end', id)
+redis.call('PEXPIRE', KEYS[3], redis.call('PTTL', KEYS[1]))
 """
 
 _NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
@@ -124,6 +75,7 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'publisher', ARGV[2], 'attempts'
            'claimed', code)
 redis.call('SET', KEYS[2], 1, 'PX', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[1] + redis.call('HGET', KEYS[1], 'keep'))
+redis.call('PEXPIRE', KEYS[3], redis.call('PTTL', KEYS[1]))
 return {code, last, attempts, 0, redis.call('HEXISTS', KEYS[1], 'cancel')}
 """
 )
@@ -160,13 +112,15 @@ return 1
 RELEASE = (
     _NOW
     + """
+if redis.call('HGET', KEYS[1], 'released') == ARGV[1] then  -- a repeat: the same answer
+    return redis.call('HGET', KEYS[1], 'state') == 'ended' and 2 or 1
+end
 if redis.call('HGET', KEYS[1], 'state') ~= 'running'
    or redis.call('HGET', KEYS[1], 'publisher') ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
 redis.call('HDEL', KEYS[1], 'publisher')
-local keep = redis.call('HGET', KEYS[1], 'keep')
-redis.call('PEXPIRE', KEYS[1], keep)
-redis.call('PEXPIRE', KEYS[3], keep)
+redis.call('HSET', KEYS[1], 'released', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], redis.call('HGET', KEYS[1], 'keep'))
 if redis.call('HEXISTS', KEYS[1], 'cancel') == 1 then
     local id, frame = tonumber(ARGV[2]), ARGV[3]
 """
@@ -175,6 +129,7 @@ if redis.call('HEXISTS', KEYS[1], 'cancel') == 1 then
     return 2
 end
 redis.call('HSET', KEYS[1], 'state', 'pending', 'since', now)
+redis.call('PEXPIRE', KEYS[3], redis.call('PTTL', KEYS[1]))
 return 1
 """
 )
@@ -198,6 +153,9 @@ if first > last then
     redis.call('XADD', KEYS[3], 'MINID', minid, last .. '-0',
                'f', first, 'k', ARGV[2], 'n', ARGV[4], 'd', ARGV[5])
     redis.call('HSET', KEYS[1], 'last', last)
+    if redis.call('PTTL', KEYS[3]) == -1 then  -- made just now: it expires with its job
+        redis.call('PEXPIRE', KEYS[3], redis.call('PTTL', KEYS[1]))
+    end
 end
 return last
 """
@@ -206,8 +164,9 @@ return last
 # ARGV: token, terminal id, keep.
 FINISH = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'ended' then return 1 end
-if state ~= 'running' or redis.call('HGET', KEYS[1], 'publisher') ~= ARGV[1] then return -1 end
+if redis.call('HGET', KEYS[1], 'publisher') ~= ARGV[1] then return -1 end
+if state == 'ended' then return 1 end  -- a repeat of its own end
+if state ~= 'running' then return -1 end
 redis.call('HSET', KEYS[1], 'state', 'ended', 'end', ARGV[2])
 redis.call('DEL', KEYS[2])
 redis.call('XADD', KEYS[3], ARGV[2] .. '-1', 'e', 1)
@@ -224,8 +183,11 @@ return 1
 CANCEL = (
     """
 local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'ended' and redis.call('HGET', KEYS[1], 'cancel') == ARGV[1] then
+    return 'ended'  -- a repeat of the cancel that ended it
+end
 if state ~= 'running' and state ~= 'pending' then return 'over' end
-redis.call('HSET', KEYS[1], 'cancel', 1)
+redis.call('HSET', KEYS[1], 'cancel', ARGV[1])
 if state == 'running' and redis.call('EXISTS', KEYS[2]) == 1 then
     redis.call('RPUSH', KEYS[5], 1)
     redis.call('PEXPIRE', KEYS[5], redis.call('PTTL', KEYS[1]))
@@ -234,9 +196,7 @@ end
 if tonumber(redis.call('HGET', KEYS[1], 'last')) ~= tonumber(ARGV[1]) - 1 then return 'moved' end
 redis.call('DEL', KEYS[2])
 redis.call('HDEL', KEYS[1], 'publisher')
-local keep = redis.call('HGET', KEYS[1], 'keep')
-redis.call('PEXPIRE', KEYS[1], keep)
-redis.call('PEXPIRE', KEYS[3], keep)
+redis.call('PEXPIRE', KEYS[1], redis.call('HGET', KEYS[1], 'keep'))
 local id, frame = tonumber(ARGV[1]), ARGV[2]
 """
     + _END
@@ -257,17 +217,14 @@ redis.call('PEXPIRE', KEYS[3], redis.call('PTTL', KEYS[1]))
 return 1
 """
 
-# A watcher's sign of life (ARGV: the lease): a waiting job is kept while
-# watched, its unwatched time (CLAIM's grace) counted from the last one.
+# A watcher's sign of life (ARGV: the lease): a waiting job's unwatched time
+# (CLAIM's grace) counts from the last one.
 WATCH = (
     _NOW
     + """
 redis.call('SET', KEYS[4], 1, 'PX', ARGV[1])
 if redis.call('HGET', KEYS[1], 'state') == 'pending' then
     redis.call('HSET', KEYS[1], 'since', now)
-    local keep = redis.call('HGET', KEYS[1], 'keep')
-    redis.call('PEXPIRE', KEYS[1], keep)
-    redis.call('PEXPIRE', KEYS[3], keep)
 end
 return 1
 """

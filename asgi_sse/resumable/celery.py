@@ -30,7 +30,7 @@ from typing import Any
 import anyio
 
 try:
-    from celery import Celery, Task
+    from celery import Celery, Task, states
     from celery.exceptions import Ignore, Retry
     from kombu.exceptions import EncodeError, OperationalError
     from redis import Redis as SyncRedis
@@ -208,9 +208,10 @@ def _perform(task: Task, app: Celery, job: Job[Any], job_id: str, settings: dict
         raise Ignore() from None
     except JobExists:  # another delivery has it, or had it to its end: its state stands
         raise Ignore() from None
-    except JobLost as exc:  # never to run again: say so, and retry nothing
+    except JobLost as exc:  # never to run again: say so (unless it has ended), retry nothing
         with suppress(Exception):
-            task.backend.mark_as_failure(job_id, exc, request=task.request)
+            if task.backend.get_state(job_id) not in states.READY_STATES:  # a late redelivery
+                task.backend.mark_as_failure(job_id, exc, request=task.request)
         raise Ignore() from None
 
 

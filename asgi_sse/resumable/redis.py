@@ -3,25 +3,22 @@ publish and any process can stream (``pip install 'asgi-sse[redis]'``).
 
 Per job, under one hash tag (so Redis Cluster keeps them in one slot):
 
-- ``{id}:log``, a stream of the encoded events, one entry per batch (see
-  :mod:`._redis_lua`), trimmed with ``MINID`` on every ``XADD``; an end marker
-  entry, so a watcher blocked in ``XREAD`` learns of the end from the stream.
-- ``{id}:meta``, a hash: state, terminal id, newest id, how long to keep it,
-  the token of the attempt that publishes it (an attempt shut out by a later
-  one cannot write).
-- ``{id}:alive``, set by the publisher every ``lease / 3`` seconds with a
-  ``lease`` expiry: a job whose publisher stops refreshing it (its process
-  died) is lost, and its watchers are told so.
+- ``{id}:log``, a stream of the encoded events, one entry per batch (``_redis_entries``)
+  and an end marker, so a watcher blocked in ``XREAD`` learns of the end from the stream.
+- ``{id}:meta``, a hash: state, ids, how long to keep it, and the token of the
+  attempt that may write (one shut out by a later attempt cannot).
+- ``{id}:alive``, set by the publisher every ``lease / 3`` seconds with a ``lease``
+  expiry: a job whose publisher stops (its process died) is lost, and its watchers told.
 - ``{id}:watched``, likewise set by every watcher: a job whose key has been
   missing for the grace period has nobody watching.
 - ``{id}:ctl``, a list the publisher blocks on: a cancel reaches it at once.
 
-Every write is one script, idempotent, so a retry after a lost reply is safe.
-Asyncio only.
+Every write is one script (``_redis_lua``), safe to repeat after a lost reply. Asyncio only.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -30,7 +27,8 @@ from typing import Any, TypeVar, cast
 
 from anyio import CancelScope, create_task_group, current_time, move_on_after, sleep
 
-from ._redis_lua import SCRIPTS, pack, unpack
+from ._redis_entries import pack, unpack
+from ._redis_lua import SCRIPTS
 from ._store import (
     BackendUnavailable,
     Cancel,
@@ -64,6 +62,16 @@ logger = logging.getLogger("asgi_sse")
 T = TypeVar("T")
 
 
+def _default_timeout(client: Redis) -> float | None:
+    """A client that sets none (``from_url``) has its connections' (5 s in redis-py 8)."""
+    for kind in client.connection_pool.connection_class.__mro__:
+        init = vars(kind).get("__init__", object.__init__)
+        found = inspect.signature(init).parameters.get("socket_timeout")
+        if found is not None:
+            return found.default if isinstance(found.default, (int, float)) else None
+    return None
+
+
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -94,11 +102,10 @@ class RedisBackend:
         settings = client.connection_pool.connection_kwargs
         if settings.get("decode_responses"):
             raise ValueError("RedisBackend stores bytes: give it a client without decode_responses")
-        timeout = settings.get("socket_timeout")
+        timeout = settings.get("socket_timeout", _default_timeout(client))
         if timeout is not None and not timeout > block:
             raise ValueError(
-                f"the client's socket_timeout ({timeout}s) must be longer than block ({block}s),"
-                " or every blocking read would time out"
+                f"the client's socket_timeout ({timeout}s) must exceed block ({block}s)"
             )
         self.client = client
         self.prefix = prefix
@@ -207,8 +214,7 @@ class RedisBackend:
         return cast(Cancel, done.decode())
 
     async def wait_cancelled(self, job_id: str) -> None:
-        """The flag says, the list wakes: a signal another attempt consumed, or
-        one sent before this attempt began, is not missed."""
+        """The flag says, the list wakes: a signal taken, or sent before, is not missed."""
         token = self._token(job_id)
         meta, ctl = self._key(job_id, "meta"), self._key(job_id, "ctl")
         while not await retrying(self._call, self.client.hexists, meta, "cancel"):
