@@ -107,11 +107,11 @@ class Hub:
         self.events_sent = 0
         self.bytes_sent = 0
         self.observers = tuple(observers)
-        for observer in self.observers:
-            observer.attached(self.stats)
         self.disconnects = 0
         self.send_timeouts = 0
         self.refused = 0
+        for observer in self.observers:  # last: stats() works from here
+            observer.attached(self.stats)
 
     def stats(self) -> Stats:
         return Stats(
