@@ -14,7 +14,7 @@ import pytest
 from backends import anyio_backend, backend, case, frames, kind, redis_url
 from conftest import BOUND
 from processes import Running, worker
-from test_store import read_forever, read_until, time_passes
+from test_store import expired, read_forever, read_until, time_passes
 
 from asgi_sse.resumable._store import Backend, JobExists, JobLost
 
@@ -73,18 +73,9 @@ async def lease_runs_out(backend: Backend, job: str) -> None:
 
     assert isinstance(backend, RedisBackend)
     client, alive = backend.client, backend._key(job, "alive").encode()
-    await client.config_set("notify-keyspace-events", "Ex")
-    expiries = client.pubsub()
-    await expiries.subscribe("__keyevent@0__:expired")
-    try:
-        await client.pexpire(alive, 1)  # (a renewal already on its way sets it again: then
-        with anyio.fail_after(BOUND):  # it runs out a lease later, the publisher being stopped)
-            while await client.exists(alive):
-                message = await expiries.get_message(timeout=BOUND)
-                if message is not None and message["data"] == alive:
-                    break
-    finally:
-        await expiries.aclose()
+    # A renewal already on its way sets it again: then it runs out a lease later, the
+    # publisher being stopped.
+    await expired(client, alive, first=lambda: client.pexpire(alive, 1))
 
 
 @contextmanager

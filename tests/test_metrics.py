@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import BOUND
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -177,6 +177,11 @@ def spans() -> Iterator[tuple[InMemorySpanExporter, TracerProvider]]:
     provider.shutdown()
 
 
+def named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
+    """The finished spans of that name, in the order they ended."""
+    return [span for span in exporter.get_finished_spans() if span.name == name]
+
+
 def job(outcome: str, on_progress: Reporter) -> str:
     on_progress("step", {})
     if outcome == "fails":
@@ -200,9 +205,7 @@ async def test_a_span_per_stream_ends_with_the_stream_and_its_job_is_a_child(
     for path, last in (("/ok", "completed"), ("/fails", "error")):
         async with aconnect(app, path) as response:
             assert (await response.until(last))[-1].event == last
-    finished = exporter.get_finished_spans()
-    streams = [s for s in finished if s.name == "asgi-sse stream"]
-    jobs = [s for s in finished if s.name == "asgi-sse job"]
+    streams, jobs = named(exporter, "asgi-sse stream"), named(exporter, "asgi-sse job")
     assert [(s.attributes["url.path"], s.status.status_code) for s in streams] == [
         ("/ok", StatusCode.OK),
         ("/fails", StatusCode.ERROR),
@@ -235,8 +238,10 @@ async def test_a_client_that_leaves_ends_its_span_then_and_its_job_is_cancelled(
     async with aconnect(app, "/") as response:
         await response.until("progress")
     # Left: the app has returned, so the job has too.
-    stream_span = next(s for s in exporter.get_finished_spans() if s.name == "asgi-sse stream")
-    job_span = next(s for s in exporter.get_finished_spans() if s.name == "asgi-sse job")
+    stream_span, job_span = (
+        named(exporter, "asgi-sse stream")[0],
+        named(exporter, "asgi-sse job")[0],
+    )
     assert stream_span.attributes is not None
     assert job_span.attributes is not None
     assert stream_span.attributes["asgi_sse.outcome"] == "none"  # it never got an end
@@ -263,7 +268,7 @@ async def test_a_watch_of_a_resumable_job_names_its_job(
         job_id = await jobs.start(Job(job, "ok"))
         async with aconnect(app, f"/{job_id}") as response:
             await response.until("completed")
-    (stream_span,) = [s for s in exporter.get_finished_spans() if s.name == "asgi-sse stream"]
+    (stream_span,) = named(exporter, "asgi-sse stream")
     assert stream_span.attributes["asgi_sse.job.id"] == job_id
     assert stream_span.status.status_code == StatusCode.OK
 
@@ -310,8 +315,10 @@ async def test_a_frameworks_handler_returns_long_before_its_streams_span_ends(
     app = EventStreamMiddleware(starlette, observers=observers)
     async with aconnect(app, "/") as response:
         await response.until("completed")
-    stream_span = next(s for s in exporter.get_finished_spans() if s.name == "asgi-sse stream")
-    job_span = next(s for s in exporter.get_finished_spans() if s.name == "asgi-sse job")
+    stream_span, job_span = (
+        named(exporter, "asgi-sse stream")[0],
+        named(exporter, "asgi-sse job")[0],
+    )
     assert stream_span.end_time is not None
     assert job_span.end_time is not None
     assert returned[0] < job_span.start_time  # the job ran after the handler returned...

@@ -7,6 +7,7 @@ Each contract test runs on MemoryBackend (asyncio and trio) and on RedisBackend
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -269,16 +270,24 @@ async def time_passes(backend: Any, job_id: str, keep: float) -> None:
     if isinstance(backend, MemoryBackend):
         backend._clock.ahead += keep  # type: ignore[attr-defined]
         return
-    client = backend.client
-    meta = backend._key(job_id, "meta").encode()
+    await expired(backend.client, backend._key(job_id, "meta").encode())
+
+
+async def expired(
+    client: Any, key: bytes, *, first: Callable[[], Awaitable[Any]] | None = None
+) -> None:
+    """Return once Redis has expired ``key``, as it says (a keyevent notification),
+    listening from before the first look (and before ``first()``, if given)."""
     await client.config_set("notify-keyspace-events", "Ex")
     expiries = client.pubsub()
-    await expiries.subscribe("__keyevent@0__:expired")  # before the first look
+    await expiries.subscribe("__keyevent@0__:expired")
     try:
+        if first is not None:
+            await first()
         with anyio.fail_after(BOUND):
-            while await client.exists(meta):
+            while await client.exists(key):
                 message = await expiries.get_message(timeout=BOUND)
-                if message is not None and message["data"] == meta:
+                if message is not None and message["data"] == key:
                     break
     finally:
         await expiries.aclose()
