@@ -87,6 +87,7 @@ class Channel:
         "_space",
         "_stop",
         "_waiters",
+        "last",
     )
 
     def __init__(self, max_buffer_bytes: int, *, coalesce: bool = False) -> None:
@@ -98,6 +99,7 @@ class Channel:
         self._parked: Event | None = None  # the consumer waits on it for the next chunk
         self._stop: str | None = None  # why producers must stop; None while they may put
         self._closed = False  # nothing comes after the batch
+        self.last: bytes | None = None  # the last chunk it closed with: how its run ended
         self._room: threading.Condition | None = None  # made when a thread first waits
         self._waiters = 0  # threads waiting for room
         self._space: Event | None = None  # an async producer waits for room
@@ -190,6 +192,7 @@ class Channel:
                 return
             if last is not None:
                 self._batch.append(last)
+            self.last = last
             self._closed = True
             self._stop = self._stop or _ENDED
         self._wake()

@@ -1,16 +1,15 @@
 """One request's event stream, from admission to its last byte.
 
 Both doors of :class:`~asgi_sse.EventStream` (the ASGI call, and :meth:`Exchange.body`
-for frameworks that send the body themselves) build one :class:`Exchange` per
-request. Three tasks, the fewest the race with the client needs: the request's
-own sends (the only caller of ``send``), one runs the source, one listens for
-``http.disconnect`` and keeps the timer. A server may drop a send to a client
-that has gone, or block it forever on one that stopped reading (hypercorn does
-both), so disconnect is learnt from ``receive()`` and every send is timed.
-Whatever ends the stream, the job is told to stop, and the exchange returns only
-after its thread has. A stream the server cancels (its graceful shutdown ran
-out) still sends what the job reported and a last ``error`` event, briefly, and
-then goes quietly (see ``_shutdown``).
+for frameworks that send the body themselves) build one per request. Three tasks, the
+fewest the race with the client needs: the request's sends (the only caller of
+``send``), the source's run, and one that listens for ``http.disconnect`` and keeps
+the timer. A server may drop a send to a client that has gone, or block it forever on
+one that stopped reading (hypercorn does both): disconnect is learnt from ``receive()``,
+and every send is timed. Whatever ends the stream, the job is told to stop, and the
+exchange returns only after its thread has. A stream the server cancels (its graceful
+shutdown ran out) still sends what the job reported and a last ``error`` event,
+briefly, then goes quietly (see ``_shutdown``). What the server took is counted.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ from ._shutdown import absorb_native_cancel
 from ._timer import Due, Timer
 
 if TYPE_CHECKING:
-    from ._observe import StreamRecord
     from ._response import EventStream
 
 __all__ = ["FAREWELL_TIMEOUT", "Exchange"]
@@ -60,7 +58,7 @@ class Exchange:
         "complete",
         "ended",
         "hub",
-        "record",
+        "pending",
         "run",
         "scope",
         "stream",
@@ -73,7 +71,7 @@ class Exchange:
         self.scope = scope
         self.hub = hub
         self.ticket: Ticket | None = None
-        self.record: StreamRecord | None = None  # what the app's observers see of it
+        self.pending: list[bytes] = []  # the batch handed to the server, until it is taken
         self.channel = Channel(stream.options.max_buffer_bytes, coalesce=stream.options.coalesce)
         self.run: Run | None = None
         self.ended = False  # the client left, or the last message is on its way
@@ -90,9 +88,6 @@ class Exchange:
             if self.ticket is None:
                 return refusal(hub)
             self.ticket.end = self.end
-            if hub.observers:  # a resumable job's watch names its job
-                job_id = getattr(self.stream.source, "job_id", None)
-                self.record = self.ticket.record = hub.opened(self.scope, job_id)
         return None
 
     async def open(self) -> Refusal | None:
@@ -177,11 +172,14 @@ class Exchange:
 
     async def _next_body(self) -> bytes:
         """The channel's next batch as one body: a burst of events leaves in one send."""
-        batch = await self.channel.receive()
-        body = batch[0] if len(batch) == 1 else b"".join(batch)
-        if self.hub is not None:
-            self.hub.sent(len(batch) - batch.count(HEARTBEAT), body, batch[-1], self.record)
-        return body
+        self.pending = batch = await self.channel.receive()
+        return batch[0] if len(batch) == 1 else b"".join(batch)
+
+    def _taken(self) -> None:
+        """The server took the batch handed over: count it, once (a send cut is not sent)."""
+        batch, self.pending = self.pending, []
+        if batch and self.hub is not None:
+            self.hub.sent(batch, len(batch) - batch.count(HEARTBEAT), self.ticket)
 
     async def _send(self, send: Send, message: dict[str, object]) -> bool:
         """Send, timed; False for a connection the server says is closed."""
@@ -195,6 +193,7 @@ class Exchange:
             self.behind = True
             raise
         self.timer.sent()
+        self._taken()
         return True
 
     async def _farewell(self, send: Send) -> None:
@@ -204,7 +203,7 @@ class Exchange:
         assert self.run is not None
         self.ended = True  # a disconnect now is no news, and must not cut this send
         ended = self.channel.closed  # its terminal event is among the rest already
-        rest = self.channel.take_rest()
+        self.pending = rest = self.channel.take_rest()
         last = None if ended else self.run.farewell()
         if last is not None:
             rest.append(last)
@@ -215,6 +214,7 @@ class Exchange:
                 logger.debug("event stream farewell failed: %r", exc)
             else:
                 self.complete = True
+                self._taken()
 
     @asynccontextmanager
     async def body(self) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -245,6 +245,7 @@ class Exchange:
 
     async def __anext__(self) -> bytes:
         self.timer.sent()
+        self._taken()  # asked for the next: the framework's send of the last returned
         try:
             body = await self._next_body()
         except EndOfStream:
@@ -254,6 +255,9 @@ class Exchange:
 
     async def _produce(self) -> None:
         assert self.run is not None
+        if self.hub is not None and self.ticket is not None:  # admitted and running: observed
+            # (A source's refusal is no stream.) A resumable job's watch names its job.
+            self.hub.running(self.ticket, self.scope, getattr(self.stream.source, "job_id", None))
         limiter = self.stream.options.limiter
         await run_under(self.run, self.channel, limiter, self.hub, self.ticket)
 

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any, Protocol
 
 from anyio import CapacityLimiter, Event, current_time, move_on_after
 
-from ._observe import JobRecord, Observer, StreamRecord, outcome_of
+from ._observe import Observer, Observers, StreamRecord, news
 
 __all__ = ["SCOPE_KEY", "Governed", "Hub", "Stats", "Ticket"]
 
@@ -38,8 +38,8 @@ class Stats:
     open_streams: int  #: streams whose response is running, queued or not
     queued_jobs: int  #: streams waiting for a slot (told their place by ``queued`` events)
     running_jobs: int  #: streams whose job holds a slot
-    events_sent: int  #: events handed to the server, heartbeats not counted
-    bytes_sent: int  #: bytes of events and heartbeats handed to the server
+    events_sent: int  #: events the server took (its send returned), heartbeats not counted
+    bytes_sent: int  #: bytes of events and heartbeats the server took
     disconnects: int  #: clients that left before their stream ended
     send_timeouts: int  #: clients dropped because they stopped reading
     refused: int  #: streams refused with 503 (full, or shutting down)
@@ -53,11 +53,23 @@ class Ticket:
     """One admitted stream (or resumable job): how to end it early, and its
     place in line."""
 
-    __slots__ = ("end", "holding", "on_position", "position", "record", "turn", "waited")
+    __slots__ = (
+        "admitted",
+        "end",
+        "holding",
+        "job_id",
+        "on_position",
+        "position",
+        "record",
+        "turn",
+        "waited",
+    )
 
-    def __init__(self, record: StreamRecord | None = None) -> None:
+    def __init__(self, job_id: str | None = None) -> None:
         self.end: Callable[[], None] = _nothing_yet
-        self.record = record  # what observers see of its stream
+        self.job_id = job_id  # a resumable job's, for its observers
+        self.admitted = 0.0
+        self.record: StreamRecord | None = None  # what observers see of its stream
         self.waited: float | None = None  # when it began to wait for a slot
         self.turn: Event | None = None  # set when a slot is handed over
         self.holding = False  # its job holds a slot
@@ -106,12 +118,11 @@ class Hub:
         self._idle: Event | None = None
         self.events_sent = 0
         self.bytes_sent = 0
-        self.observers = tuple(observers)
+        self.observers = Observers(observers)
         self.disconnects = 0
         self.send_timeouts = 0
         self.refused = 0
-        for observer in self.observers:  # last: stats() works from here
-            observer.attached(self.stats)
+        self.observers.attach(self.stats)  # last: stats() works from here
 
     def stats(self) -> Stats:
         return Stats(
@@ -146,13 +157,14 @@ class Hub:
         if self.refuses():
             return None
         ticket = Ticket()
+        ticket.admitted = monotonic()
         self._open.add(ticket)
         return ticket
 
     def leave(self, ticket: Ticket) -> None:
         self._open.discard(ticket)
         if ticket.record is not None:
-            self.closed(ticket.record)
+            self.observers.closed(ticket.record)
         if ticket.holding:
             self._draining.add(ticket)
         self._maybe_idle()
@@ -223,55 +235,24 @@ class Hub:
                 ticket.position = place
                 ticket.on_position(place)
 
-    # -- what observers see (see _observe) ---------------------------------------
+    # -- what is counted, and what observers see (see _observe) ------------------
 
-    def sent(self, events: int, body: bytes, last: bytes, record: StreamRecord | None) -> None:
-        """A batch handed to the server, ``last`` its last frame: counted per
+    def running(self, ticket: Ticket, request: Mapping[str, Any], job_id: str | None) -> None:
+        """An admitted stream runs: open its record, if anyone observes."""
+        if self.observers:
+            ticket.record = self.observers.opened(request, job_id, ticket.admitted)
+
+    def sent(self, batch: list[bytes], events: int, ticket: Ticket | None) -> None:
+        """A batch the server took, of ``events`` (not heartbeats): counted per
         batch, never per event."""
         self.events_sent += events
-        self.bytes_sent += len(body)
-        if events and record is not None:
-            if not last.startswith(b":"):  # a heartbeat (a comment) says nothing of the end
-                record.last = last
-            if record.first_event is None:
+        self.bytes_sent += sum(map(len, batch))
+        record = None if ticket is None else ticket.record
+        if record is not None:
+            if not batch[-1].startswith(b":"):  # a heartbeat says nothing of the end
+                record.last = batch[-1]
+            if record.first_event is None and any(map(news, batch)):
                 record.first_event = monotonic()
-
-    def opened(self, request: Mapping[str, Any], job_id: str | None) -> StreamRecord:
-        """The record of a stream just admitted, for its observers."""
-        method, path = request.get("method", "GET"), request.get("path", "")
-        record = StreamRecord(method, path, job_id, monotonic())
-        self._tell("stream_opened", record)
-        return record
-
-    def closed(self, record: StreamRecord) -> None:
-        record.closed = monotonic()
-        record.outcome, record.error = outcome_of(record.last)
-        self._tell("stream_closed", record)
-
-    @contextmanager
-    def job(self, ticket: Ticket, run: Any) -> Iterator[None]:
-        """Observe a run that holds a slot, if anyone observes: its wait, its
-        time, and how it ended (its last event; none: nobody was listening)."""
-        if not self.observers:
-            yield
-            return
-        record = JobRecord(ticket.record, ticket.waited, monotonic())
-        self._tell("job_started", record)
-        try:
-            yield
-        finally:
-            record.ended = monotonic()
-            record.outcome, record.error = outcome_of(getattr(run, "last", None))
-            if record.outcome == "none":
-                record.outcome = "cancelled"  # stopped: its client left, or never came
-            self._tell("job_ended", record)
-
-    def _tell(self, hook: str, record: StreamRecord | JobRecord) -> None:
-        for observer in self.observers:
-            try:
-                getattr(observer, hook)(record)
-            except Exception:
-                logger.exception("observer %r failed in %s; the stream goes on", observer, hook)
 
     async def shutdown(self, grace: float) -> None:
         """Refuse new streams, end every open one with a final event (which stops

@@ -11,22 +11,43 @@ same for a job in a thread, an iterable, or a resumable job's log.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from time import monotonic
+from typing import Any, Literal, Protocol
 
-__all__ = ["CANCELS", "JobRecord", "Observer", "Outcome", "StreamRecord", "outcome_of"]
+__all__ = [
+    "CANCELS",
+    "JobRecord",
+    "Observer",
+    "Observers",
+    "Outcome",
+    "StreamRecord",
+    "news",
+    "outcome_of",
+]
+
+logger = logging.getLogger("asgi_sse")
 
 #: How a stream or job ended: its terminal event, or none (its client left, or was
-#: dropped, before the end; for a job, it was stopped because nobody listened).
-Outcome = Literal["completed", "failed", "cancelled", "lost", "none"]
+#: dropped, before the end; a job is then ``cancelled``: stopped, nobody listened).
+#: ``retried`` is an attempt at a resumable job that failed and will run again.
+Outcome = Literal["completed", "failed", "cancelled", "lost", "retried", "none"]
 
 #: The ``error`` types that say a job was stopped, not that it failed.
 CANCELS = frozenset({"JobCancelled", "JobAbandoned", "ServerShutdown"})
 
 
+def news(frame: bytes) -> bool:
+    """Whether a frame tells its client something of the job: not a heartbeat,
+    not a place in line (time to first event is time to the job's first word)."""
+    return not frame.startswith((b":", b"event: queued\n"))
+
+
 def outcome_of(frame: bytes | None) -> tuple[Outcome, str | None]:
-    """A stream's outcome, and the error's type, from the last event it sent."""
+    """A stream's (or a run's) outcome, and the error's type, from its last event."""
     if frame is None:
         return "none", None
     event, data = b"message", b""
@@ -37,13 +58,15 @@ def outcome_of(frame: bytes | None) -> tuple[Outcome, str | None]:
             data = line[5:].strip()
     if event == b"completed":
         return "completed", None
-    if event != b"error":
+    if event not in (b"error", b"retrying"):
         return "none", None
-    try:
+    try:  # a custom source's, or an on_error hook's, data may be anything
         kind = json.loads(data).get("type")
-    except (ValueError, AttributeError):
+    except Exception:
         kind = None
     kind = kind if isinstance(kind, str) else None
+    if event == b"retrying":
+        return "retried", kind
     if kind == "JobLost":
         return "lost", kind
     return ("cancelled" if kind in CANCELS else "failed"), kind
@@ -57,22 +80,24 @@ class StreamRecord:
     path: str
     #: The resumable job it watches, if it watches one.
     job_id: str | None
-    opened: float
-    first_event: float | None = None  #: when its first event was handed to the server
+    opened: float  #: when it was admitted
+    #: When the server took its first event of the job (not a heartbeat, nor its place in line).
+    first_event: float | None = None
     closed: float | None = None
     outcome: Outcome | None = None  #: set when it closes
     error: str | None = None  #: the ``type`` of its ``error`` event, if it ended with one
-    last: bytes | None = None  #: the last event sent so far
+    last: bytes | None = None  #: the last event the server took so far
     #: Each observer's own (a span, say), by observer.
     marks: dict[object, Any] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
 class JobRecord:
-    """One run of a stream's source that takes a slot (a job, an iterable), or of
-    a resumable job started in this process (``stream`` None)."""
+    """One run of a stream's source that takes a slot (a job, an iterable), or an
+    attempt at a resumable job run by this process (``stream`` None, ``job_id`` set)."""
 
     stream: StreamRecord | None
+    job_id: str | None
     queued: float | None  #: when it began to wait for a slot, if it had to
     started: float
     ended: float | None = None
@@ -84,7 +109,9 @@ class JobRecord:
 class Observer:
     """Override what you need. Every hook is called on the event loop, once per
     stream or job, and must not block; one that raises is logged and the stream
-    goes on."""
+    goes on. The job hooks run in the job's own task: a context variable set in
+    ``job_started`` (a current span) is seen by the job's worker thread, and
+    must be reset in ``job_ended``."""
 
     def attached(self, stats: Callable[[], Any]) -> None:
         """Called once, by the middleware it reports to: ``stats()`` is that
@@ -100,4 +127,65 @@ class Observer:
         """A job took its slot (after waiting in line, if it had to)."""
 
     def job_ended(self, job: JobRecord) -> None:
-        """A job's run returned: its terminal event is written, or it was stopped."""
+        """A job's run returned: its terminal event is written, or it was stopped
+        (``cancelled``: nobody listened, or the server cut it)."""
+
+
+class Ends(Protocol):
+    """What a run ends: its channel, closed with the run's last event (or None)."""
+
+    @property
+    def last(self) -> bytes | None: ...
+
+
+class Observers:
+    """An app's observers as one: each hook tells every one of them, in order,
+    and one that raises is logged, not let through to the stream."""
+
+    __slots__ = ("each",)
+
+    def __init__(self, observers: Iterable[Observer] = ()) -> None:
+        self.each = tuple(observers)
+
+    def __bool__(self) -> bool:
+        return bool(self.each)
+
+    def attach(self, stats: Callable[[], Any]) -> None:
+        for observer in self.each:
+            observer.attached(stats)
+
+    def opened(self, request: Mapping[str, Any], job_id: str | None, at: float) -> StreamRecord:
+        """The record of a stream admitted ``at``, whose source said yes."""
+        method, path = request.get("method", "GET"), request.get("path", "")
+        record = StreamRecord(method, path, job_id, at)
+        self._tell("stream_opened", record)
+        return record
+
+    def closed(self, record: StreamRecord) -> None:
+        record.closed = monotonic()
+        record.outcome, record.error = outcome_of(record.last)
+        self._tell("stream_closed", record)
+
+    @contextmanager
+    def job(
+        self, stream: StreamRecord | None, job_id: str | None, queued: float | None, ends: Ends
+    ) -> Iterator[None]:
+        """Observe a run in its slot: its wait, its time, and how it ended (the
+        last event of ``ends``; none is a run stopped, so ``cancelled``)."""
+        record = JobRecord(stream, job_id, queued, monotonic())
+        self._tell("job_started", record)
+        try:
+            yield
+        finally:
+            record.ended = monotonic()
+            record.outcome, record.error = outcome_of(ends.last)
+            if record.outcome == "none":
+                record.outcome = "cancelled"
+            self._tell("job_ended", record)
+
+    def _tell(self, hook: str, record: StreamRecord | JobRecord) -> None:
+        for observer in self.each:
+            try:
+                getattr(observer, hook)(record)
+            except Exception:
+                logger.exception("observer %r failed in %s; the stream goes on", observer, hook)

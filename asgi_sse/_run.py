@@ -181,7 +181,10 @@ async def run_under(
         # that came with the slot is seen first.)
         await checkpoint()
         if not channel.cancelled:
-            with hub.job(ticket, run):
+            if not hub.observers:
+                await run(limiter)
+                return
+            with hub.observers.job(ticket.record, ticket.job_id, ticket.waited, channel):
                 await run(limiter)
 
 
@@ -201,13 +204,12 @@ class BaseRun:
     numbered after the run's own when it numbers them."""
 
     takes_slot: ClassVar[bool] = True
-    __slots__ = ("channel", "last", "options", "what")
+    __slots__ = ("channel", "options", "what")
 
     def __init__(self, channel: Channel, options: RunOptions, what: str) -> None:
         self.channel = channel
         self.options = options
         self.what = what  # for the log: which job, for which request
-        self.last: bytes | None = None  # its terminal event, once made: how it ended
 
     async def _produce(self, limiter: CapacityLimiter) -> Any:
         raise NotImplementedError
@@ -222,8 +224,7 @@ class BaseRun:
     def farewell(self, data: Any = SHUTDOWN_ERROR) -> bytes:
         """An ``error`` event to end early with, numbered after the run's own."""
         with self._numbering() as next_id:
-            self.last = self.options.encoder.message("error", next_id, data)
-        return self.last
+            return self.options.encoder.message("error", next_id, data)
 
     async def __call__(self, limiter: CapacityLimiter) -> None:
         channel = self.channel
@@ -252,8 +253,7 @@ class BaseRun:
 
         def terminal() -> bytes:
             with self._numbering() as next_id:
-                self.last = last(value, next_id)
-            return self.last
+                return last(value, next_id)
 
         self.channel.end(terminal, early=False)
 

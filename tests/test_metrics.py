@@ -15,11 +15,13 @@ from typing import Any
 import httpx
 import pytest
 from conftest import BOUND
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from processes import launch
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from sse_spec import parse_stream
 
@@ -27,6 +29,7 @@ from asgi_sse import EventStream, EventStreamMiddleware, Job, Reporter
 from asgi_sse._observe import outcome_of
 from asgi_sse.metrics import JobRecord, Observer, StreamRecord
 from asgi_sse.metrics.otel import OpenTelemetryTracing
+from asgi_sse.metrics.prometheus import PrometheusMetrics
 from asgi_sse.resumable import Jobs
 from asgi_sse.testing import aconnect
 
@@ -42,6 +45,13 @@ from asgi_sse.testing import aconnect
         (b'event: error\ndata: {"type":"JobCancelled"}\n\n', ("cancelled", "JobCancelled")),
         (b'event: error\ndata: {"type":"ServerShutdown"}\n\n', ("cancelled", "ServerShutdown")),
         (b"event: error\ndata: not json\n\n", ("failed", None)),
+        (b"event: error\ndata: [1]\n\n", ("failed", None)),
+        (b'event: error\ndata: {"type":5}\n\n', ("failed", None)),
+        (b"event: error\ndata: " + b"[" * 100_000 + b"\n\n", ("failed", None)),
+        (
+            b'event: retrying\nid: 4\ndata: {"type":"OSError","attempt":1}\n\n',
+            ("retried", "OSError"),
+        ),
         (b'event: progress\ndata: {"step":"a"}\n\n', ("none", None)),
         (None, ("none", None)),
     ],
@@ -141,11 +151,13 @@ def test_prometheus_sees_every_stream_and_job_scraped_from_a_real_server() -> No
         "jobs_total__failed": 1,
         "jobs_total__cancelled": 1,  # the first at the gate, stopped once its client left
         "jobs_total__lost": 0,
+        "jobs_total__retried": 0,
         "jobs_total__none": 0,
         "streams_total__completed": 2,
         "streams_total__failed": 1,
         "streams_total__cancelled": 0,
         "streams_total__lost": 0,
+        "streams_total__retried": 0,
         "streams_total__none": 1,  # the client that left
     }
     assert after["asgi_sse_events_sent_total"] == sum(len(parse_stream(b)) for b in bodies) == 11
@@ -161,7 +173,7 @@ def test_prometheus_sees_every_stream_and_job_scraped_from_a_real_server() -> No
 OUTCOMES = [
     f"{family}__{outcome}"
     for family in ("jobs_total", "streams_total")
-    for outcome in ("completed", "failed", "cancelled", "lost", "none")
+    for outcome in ("completed", "failed", "cancelled", "lost", "retried", "none")
 ]
 
 
@@ -323,3 +335,79 @@ async def test_a_frameworks_handler_returns_long_before_its_streams_span_ends(
     assert job_span.end_time is not None
     assert returned[0] < job_span.start_time  # the job ran after the handler returned...
     assert job_span.end_time <= stream_span.end_time  # ...and the stream's span outlived it
+
+
+async def test_the_job_span_is_current_in_the_jobs_worker_thread(
+    spans: tuple[InMemorySpanExporter, TracerProvider],
+) -> None:
+    exporter, provider = spans
+    seen: list[int] = []
+
+    def traced(on_progress: Reporter) -> None:
+        # What an instrumented client in the job would take for its parent.
+        seen.append(trace.get_current_span().get_span_context().span_id)
+
+    async def app_route(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await EventStream(Job(traced))(scope, receive, send)
+
+    observers = [OpenTelemetryTracing(tracer_provider=provider)]
+    app = EventStreamMiddleware(app_route, observers=observers)
+    async with aconnect(app, "/") as response:
+        await response.until("completed")
+    (job_span,) = named(exporter, "asgi-sse job")
+    assert job_span.context is not None
+    assert seen == [job_span.context.span_id]
+    assert trace.get_current_span() is trace.INVALID_SPAN  # and reset after it
+
+
+async def test_a_resumable_attempt_is_a_job_span_named_by_its_job(
+    spans: tuple[InMemorySpanExporter, TracerProvider],
+) -> None:
+    exporter, provider = spans
+    jobs = Jobs()
+
+    def fails(on_progress: Reporter) -> None:
+        raise OSError("a secret")
+
+    observers = [OpenTelemetryTracing(tracer_provider=provider)]
+    EventStreamMiddleware(route, jobs=jobs, observers=observers)  # governs them
+    async with jobs:
+        job_id = await jobs.create()
+        with pytest.raises(OSError, match="a secret"):
+            await jobs.perform(Job(fails), id=job_id, retry_if=lambda exc: True)
+    (span,) = named(exporter, "asgi-sse job")
+    assert span.attributes is not None
+    assert span.attributes["asgi_sse.job.id"] == job_id
+    assert span.attributes["asgi_sse.outcome"] == "retried"
+    assert (span.status.status_code, span.status.description) == (StatusCode.ERROR, "OSError")
+
+
+# -- Prometheus, its options ----------------------------------------------------------
+
+
+def test_prometheus_metrics_register_in_the_default_registry() -> None:
+    metrics = PrometheusMetrics()
+    try:
+        EventStreamMiddleware(route, observers=[metrics])
+        assert REGISTRY.get_sample_value("asgi_sse_streams_open") == 0
+        assert REGISTRY.get_sample_value("asgi_sse_jobs_total", {"outcome": "lost"}) == 0
+    finally:
+        metrics.unregister()
+    again = PrometheusMetrics()  # an app built again in the same process
+    again.unregister()
+    assert REGISTRY.get_sample_value("asgi_sse_streams_open") is None
+
+
+def test_an_empty_namespace_names_every_metric_without_a_prefix() -> None:
+    registry = CollectorRegistry()
+    EventStreamMiddleware(route, observers=[PrometheusMetrics(registry=registry, namespace="")])
+    names = {family.name for family in registry.collect()}
+    assert {"streams_open", "events_sent", "jobs", "time_to_first_event_seconds"} <= names
+    assert not any(name.startswith("_") for name in names)
+
+
+def test_one_prometheus_metrics_reports_one_middleware() -> None:
+    metrics = PrometheusMetrics(registry=CollectorRegistry())
+    EventStreamMiddleware(route, observers=[metrics])
+    with pytest.raises(ValueError, match="one middleware"):
+        EventStreamMiddleware(route, observers=[metrics])

@@ -2,22 +2,29 @@
 
     app = EventStreamMiddleware(app, observers=[OpenTelemetryTracing()])
 
-One span per stream, from its admission to its real end: its last byte, or its
-client leaving or being dropped. Not when a handler returns: a framework's
+One span per stream, from its start (admitted, and its source said yes) to its
+real end: its last byte, or its client leaving or being dropped. Not when a
+handler returns: a framework's
 handler returns the response long before the stream ends, which is what ASGI
 instrumentation measures. The span's status is the terminal event's: OK for
-``completed``, ERROR (described by the error's type) for a failed or lost job,
-unset for a cancelled one or a client that left first. A job's run, in its worker
-thread, is a child span. The spans are children of whatever span is current when
-the stream is admitted (an ASGI instrumentation's request span, say).
+``completed``, ERROR (described by the error's type) for a failed or lost job
+(or a resumable job's attempt that failed and will be retried),
+unset for a cancelled one or a client that left first. A job's run is a child
+span, current while it runs: spans made in the job's worker thread (an
+instrumented HTTP client's, say) are its children. The stream spans are children
+of whatever span is current when the stream starts (an ASGI instrumentation's
+request span, say). An attempt at a resumable job run by this process is a job
+span of its own, named by ``asgi_sse.job.id``.
 """
 
 from __future__ import annotations
 
+from contextvars import Token
 from typing import Any
 
 try:
-    from opentelemetry import trace
+    from opentelemetry import context, trace
+    from opentelemetry.context import Context
     from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
 except ImportError:  # pragma: no cover (the message is the point)
     _NEEDS = "asgi_sse.metrics.otel needs opentelemetry-api: pip install 'asgi-sse[otel]'"
@@ -31,6 +38,7 @@ _STATUS = {
     "completed": StatusCode.OK,
     "failed": StatusCode.ERROR,
     "lost": StatusCode.ERROR,
+    "retried": StatusCode.ERROR,  # this attempt failed (the job goes on in another)
 }
 
 
@@ -54,15 +62,21 @@ class OpenTelemetryTracing(Observer):
 
     def job_started(self, job: JobRecord) -> None:
         parent = None if job.stream is None else job.stream.marks.get(self)
-        context = None if parent is None else trace.set_span_in_context(parent)
-        span = self._tracer.start_span("asgi-sse job", context=context)
+        parent_context = None if parent is None else trace.set_span_in_context(parent)
+        span = self._tracer.start_span("asgi-sse job", context=parent_context)
+        if job.job_id is not None:
+            span.set_attribute("asgi_sse.job.id", job.job_id)
         if job.queued is not None:
             span.set_attribute("asgi_sse.queue_wait_s", job.started - job.queued)
-        job.marks[self] = span
+        # Current in the job's task, so in its worker thread (anyio copies the
+        # context there); reset in job_ended, which runs in the same task.
+        job.marks[self] = span, context.attach(trace.set_span_in_context(span))
 
     def job_ended(self, job: JobRecord) -> None:
-        span: Span | None = job.marks.pop(self, None)
-        if span is not None:
+        marked: tuple[Span, Token[Context]] | None = job.marks.pop(self, None)
+        if marked is not None:
+            span, token = marked
+            context.detach(token)
             _end(span, job.outcome, job.error)
 
 

@@ -35,8 +35,8 @@ _COUNTS = (
     ("streams_open", "gauge", "Event streams open, running or waiting for a slot.", "open_streams"),
     ("streams_queued", "gauge", "Event streams waiting for a slot.", "queued_jobs"),
     ("jobs_running", "gauge", "Jobs holding a slot.", "running_jobs"),
-    ("events_sent", "counter", "Events handed to the server (not heartbeats).", "events_sent"),
-    ("bytes_sent", "counter", "Bytes of events and heartbeats handed to the server.", "bytes_sent"),
+    ("events_sent", "counter", "Events the server took (not heartbeats).", "events_sent"),
+    ("bytes_sent", "counter", "Bytes of events and heartbeats the server took.", "bytes_sent"),
     ("disconnects", "counter", "Clients that left before their stream ended.", "disconnects"),
     ("send_timeouts", "counter", "Clients dropped for not reading.", "send_timeouts"),
     ("refused", "counter", "Streams refused with 503 (full, or shutting down).", "refused"),
@@ -45,7 +45,7 @@ _COUNTS = (
 
 class PrometheusMetrics(Observer):
     """One middleware's streams and jobs as Prometheus metrics in ``registry``,
-    named ``{namespace}_...`` (see ``docs/metrics.md`` for the list)."""
+    named ``{namespace}_...`` (``namespace=""``: no prefix; see ``docs/metrics.md``)."""
 
     def __init__(
         self,
@@ -54,7 +54,7 @@ class PrometheusMetrics(Observer):
         namespace: str = "asgi_sse",
         buckets: Sequence[float] = BUCKETS,
     ) -> None:
-        self.namespace = namespace
+        self.prefix = f"{namespace}_" if namespace else ""  # as prometheus_client names
         self._stats: Callable[[], Any] | None = None
 
         def histogram(name: str, doc: str) -> Histogram:
@@ -76,6 +76,15 @@ class PrometheusMetrics(Observer):
             self._jobs.labels(outcome)
             self._streams.labels(outcome)
         registry.register(self)  # collects the middleware's own counts (see collect)
+        self._registry = registry
+
+    def unregister(self) -> None:
+        """Take every metric of it out of its registry: for an app built more
+        than once in a process (a test suite's), which the default registry
+        would otherwise refuse as duplicated."""
+        own = (self._first_event, self._queue_wait, self._duration, self._jobs, self._streams)
+        for collector in (self, *own):
+            self._registry.unregister(collector)
 
     def attached(self, stats: Callable[[], Any]) -> None:
         if self._stats is not None:
@@ -103,4 +112,4 @@ class PrometheusMetrics(Observer):
         for name, kind, doc, field in _COUNTS:
             family = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
             value = 0 if stats is None else getattr(stats, field)
-            yield family(f"{self.namespace}_{name}", doc, value=value)
+            yield family(f"{self.prefix}{name}", doc, value=value)

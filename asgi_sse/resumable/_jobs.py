@@ -222,7 +222,7 @@ class Jobs:
                 channel.end(partial(run.farewell, farewell))
             try:
                 async with create_task_group() as tg:
-                    tg.start_soon(self._source, run)
+                    tg.start_soon(self._source, run, job_id)
                     try:
                         await Publisher(self.backend, job_id, run, retention, grace)()
                     finally:
@@ -242,10 +242,10 @@ class Jobs:
                     self._idle.set()
         return run
 
-    async def _source(self, run: JobRun) -> None:
+    async def _source(self, run: JobRun, job_id: str) -> None:
         """Under the app's policy, if any: its limiter, and a slot waited for in
         line like a stream's (the log says ``queued``)."""
-        ticket = None if self._hub is None else Ticket()  # in line, not among the streams
+        ticket = None if self._hub is None else Ticket(job_id)  # in line, not among the streams
         await run_under(run, run.channel, self.options.limiter, self._hub, ticket)
 
     async def cancel(self, job_id: str) -> bool:
