@@ -2,14 +2,13 @@
 
 Both doors of :class:`~asgi_sse.EventStream` (the ASGI call, and :meth:`Exchange.body`
 for frameworks that send the body themselves) build one per request. Three tasks, the
-fewest the race with the client needs: the request's sends (the only caller of
-``send``), the source's run, and one that listens for ``http.disconnect`` and keeps
-the timer. A server may drop a send to a client that has gone, or block it forever on
-one that stopped reading (hypercorn does both): disconnect is learnt from ``receive()``,
-and every send is timed. Whatever ends the stream, the job is told to stop, and the
-exchange returns only after its thread has. A stream the server cancels (its graceful
-shutdown ran out) still sends what the job reported and a last ``error`` event,
-briefly, then goes quietly (see ``_shutdown``). What the server took is counted.
+fewest the race with the client needs: the request's sends (the only caller of ``send``),
+the source's run, and one that listens for ``http.disconnect`` and keeps the timer. A
+server may drop a send to a client gone, or block it forever on one that stopped reading
+(hypercorn does both): disconnect is learnt from ``receive()``, every send is timed, and
+only what the server took is counted. Whatever ends the stream, the job is told to stop;
+the exchange returns only after its thread has. A stream the server cancels (its graceful
+shutdown ran out) still sends what the job reported and a last ``error`` event, briefly.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from anyio import (
     move_on_after,
     sleep,
 )
+from anyio.abc import TaskGroup
 
 from ._bridge import Channel
 from ._encoder import HEARTBEAT
@@ -71,7 +71,7 @@ class Exchange:
         self.scope = scope
         self.hub = hub
         self.ticket: Ticket | None = None
-        self.pending: list[bytes] = []  # the batch handed to the server, until it is taken
+        self.pending: tuple[list[bytes], int] = ([], 0)  # a batch handed over, and its size
         self.channel = Channel(stream.options.max_buffer_bytes, coalesce=stream.options.coalesce)
         self.run: Run | None = None
         self.ended = False  # the client left, or the last message is on its way
@@ -105,8 +105,7 @@ class Exchange:
         return None
 
     def end(self) -> None:
-        """End the stream early: the job is stopped, what it reported still goes out
-        (shutdown; a stream still opening refuses itself when it sees it)."""
+        """End early (shutdown): the job stops, what it reported still goes out."""
         if self.run is not None:
             self.channel.end(self.run.farewell)
 
@@ -117,9 +116,9 @@ class Exchange:
 
     def give_up(self) -> None:
         """End the stream now, not after a send in progress (a server may shield
-        its writes, as hypercorn's trio worker does): the job is told at once,
-        so its thread and token come back at its next report, and the stream
-        leaves the app's count. A framework's own send is left to it."""
+        its writes, as hypercorn's trio worker does): the job is told at once, so
+        its thread and token come back at its next report, and the stream leaves
+        the app's count. A framework's own send is left to it."""
         self.ended = True
         self.leave()
         self.channel.cancel()
@@ -138,7 +137,7 @@ class Exchange:
                 tg.start_soon(self._listen, receive)  # first: every send is timed
                 try:
                     if await self._send(send, start):
-                        tg.start_soon(self._produce)
+                        self._start(tg)
                         await self._send_all(send)
                 finally:
                     # Tell the job before the task group waits for its thread.
@@ -172,14 +171,16 @@ class Exchange:
 
     async def _next_body(self) -> bytes:
         """The channel's next batch as one body: a burst of events leaves in one send."""
-        self.pending = batch = await self.channel.receive()
-        return batch[0] if len(batch) == 1 else b"".join(batch)
+        batch = await self.channel.receive()
+        body = batch[0] if len(batch) == 1 else b"".join(batch)
+        self.pending = batch, len(body)
+        return body
 
     def _taken(self) -> None:
         """The server took the batch handed over: count it, once (a send cut is not sent)."""
-        batch, self.pending = self.pending, []
+        (batch, size), self.pending = self.pending, ([], 0)
         if batch and self.hub is not None:
-            self.hub.sent(batch, len(batch) - batch.count(HEARTBEAT), self.ticket)
+            self.hub.sent(batch, len(batch) - batch.count(HEARTBEAT), size, self.ticket)
 
     async def _send(self, send: Send, message: dict[str, object]) -> bool:
         """Send, timed; False for a connection the server says is closed."""
@@ -203,13 +204,14 @@ class Exchange:
         assert self.run is not None
         self.ended = True  # a disconnect now is no news, and must not cut this send
         ended = self.channel.closed  # its terminal event is among the rest already
-        self.pending = rest = self.channel.take_rest()
+        rest = self.channel.take_rest()
         last = None if ended else self.run.farewell()
-        if last is not None:
-            rest.append(last)
+        rest += [] if last is None else [last]
+        body = b"".join(rest)
+        self.pending = rest, len(body)
         with move_on_after(FAREWELL_TIMEOUT, shield=True):
             try:
-                await send({"type": "http.response.body", "body": b"".join(rest)})
+                await send({"type": "http.response.body", "body": body})
             except OSError as exc:  # the client has gone too: the cancellation goes on
                 logger.debug("event stream farewell failed: %r", exc)
             else:
@@ -218,19 +220,19 @@ class Exchange:
 
     @asynccontextmanager
     async def body(self) -> AsyncIterator[AsyncIterator[bytes]]:
-        """The encoded stream, after :meth:`open`, for frameworks that send the
-        body themselves. It takes its place among the app's streams here, so a
-        response dropped unsent holds none; if the app filled up since the
-        status was sent, the body is one ``error`` event (``ServerBusy``). The
-        framework watches for disconnect; its sends are timed as the gap
-        between handing out a chunk and being asked for the next."""
+        """The encoded stream, after :meth:`open`, for frameworks that send the body
+        themselves. It takes its place among the app's streams here, so a response
+        dropped unsent holds none; if the app filled up since the status was sent,
+        the body is one ``error`` event (``ServerBusy``). The framework watches for
+        disconnect; its sends are timed (and counted) as the gap between handing
+        out a chunk and being asked for the next."""
         refused = self.admit()
         if refused is not None:
             yield refused.as_event()
             return
         try:
             async with create_task_group() as tg:
-                tg.start_soon(self._produce)
+                self._start(tg)
                 tg.start_soon(self._listen, None)
                 try:
                     yield self
@@ -253,17 +255,16 @@ class Exchange:
         self.timer.sending(monotonic())
         return body
 
-    async def _produce(self) -> None:
-        assert self.run is not None
-        if self.hub is not None and self.ticket is not None:  # admitted and running: observed
-            # (A source's refusal is no stream.) A resumable job's watch names its job.
-            self.hub.running(self.ticket, self.scope, getattr(self.stream.source, "job_id", None))
-        limiter = self.stream.options.limiter
-        await run_under(self.run, self.channel, limiter, self.hub, self.ticket)
+    def _start(self, tg: TaskGroup) -> None:
+        """Run the source: the stream is observed from here (admitted, its source said yes)."""
+        hub, ticket, run = self.hub, self.ticket, self.run
+        assert run is not None
+        if hub is not None and ticket is not None:
+            hub.running(ticket, self.scope, getattr(self.stream.source, "job_id", None))
+        tg.start_soon(run_under, run, self.channel, self.stream.options.limiter, hub, ticket)
 
     async def _listen(self, receive: Receive | None) -> None:
-        """Wait for the client to leave (the ASGI door) or for the timer,
-        whichever comes first: one task, and one cancel scope per tick."""
+        """Wait for the client to leave (ASGI door) or the timer: one task, one scope a tick."""
         while True:
             delay = self.timer.delay(monotonic())
             if receive is None:
@@ -278,8 +279,7 @@ class Exchange:
                 return
 
     def _tick(self) -> bool:
-        """Do what the timer says is due; True once given up. A heartbeat goes
-        through the channel, so the send timeout covers it too."""
+        """Do what the timer says is due; True once given up (a heartbeat is sent timed)."""
         due = self.timer.due(monotonic())
         if due is Due.HEARTBEAT:
             self.channel.put_nowait(HEARTBEAT)

@@ -242,11 +242,11 @@ class Hub:
         if self.observers:
             ticket.record = self.observers.opened(request, job_id, ticket.admitted)
 
-    def sent(self, batch: list[bytes], events: int, ticket: Ticket | None) -> None:
-        """A batch the server took, of ``events`` (not heartbeats): counted per
-        batch, never per event."""
+    def sent(self, batch: list[bytes], events: int, size: int, ticket: Ticket | None) -> None:
+        """A batch the server took, ``size`` bytes of ``events`` (not heartbeats):
+        counted per batch, never per event."""
         self.events_sent += events
-        self.bytes_sent += sum(map(len, batch))
+        self.bytes_sent += size
         record = None if ticket is None else ticket.record
         if record is not None:
             if not batch[-1].startswith(b":"):  # a heartbeat says nothing of the end

@@ -33,17 +33,22 @@ logger = logging.getLogger("asgi_sse")
 
 #: How a stream or job ended: its terminal event, or none (its client left, or was
 #: dropped, before the end; a job is then ``cancelled``: stopped, nobody listened).
-#: ``retried`` is an attempt at a resumable job that failed and will run again.
+#: ``retried``, a job's only: an attempt at a resumable job that failed and runs again.
 Outcome = Literal["completed", "failed", "cancelled", "lost", "retried", "none"]
 
 #: The ``error`` types that say a job was stopped, not that it failed.
 CANCELS = frozenset({"JobCancelled", "JobAbandoned", "ServerShutdown"})
 
 
+#: How the frames that are not the job's own begin: a heartbeat, a reconnection
+#: delay, a place in line, a watch's word that its backend cannot be reached.
+_NOT_NEWS = (b":", b"retry:", b"event: queued\n", b"event: unavailable\n")
+
+
 def news(frame: bytes) -> bool:
-    """Whether a frame tells its client something of the job: not a heartbeat,
-    not a place in line (time to first event is time to the job's first word)."""
-    return not frame.startswith((b":", b"event: queued\n"))
+    """Whether a frame tells its client something of the job (time to first
+    event is time to the job's first word, not to the stream's own)."""
+    return not frame.startswith(_NOT_NEWS)
 
 
 def outcome_of(frame: bytes | None) -> tuple[Outcome, str | None]:
@@ -97,9 +102,9 @@ class JobRecord:
     attempt at a resumable job run by this process (``stream`` None, ``job_id`` set)."""
 
     stream: StreamRecord | None
-    job_id: str | None
     queued: float | None  #: when it began to wait for a slot, if it had to
     started: float
+    job_id: str | None = None  #: a resumable job's
     ended: float | None = None
     outcome: Outcome | None = None
     error: str | None = None
@@ -164,7 +169,9 @@ class Observers:
     def closed(self, record: StreamRecord) -> None:
         record.closed = monotonic()
         record.outcome, record.error = outcome_of(record.last)
-        self._tell("stream_closed", record)
+        if record.outcome == "retried":  # a watch between attempts: it saw no end
+            record.outcome, record.error = "none", None
+        self._tell("stream_closed", record, last=True)
 
     @contextmanager
     def job(
@@ -172,7 +179,7 @@ class Observers:
     ) -> Iterator[None]:
         """Observe a run in its slot: its wait, its time, and how it ended (the
         last event of ``ends``; none is a run stopped, so ``cancelled``)."""
-        record = JobRecord(stream, job_id, queued, monotonic())
+        record = JobRecord(stream, queued, monotonic(), job_id)
         self._tell("job_started", record)
         try:
             yield
@@ -181,10 +188,12 @@ class Observers:
             record.outcome, record.error = outcome_of(ends.last)
             if record.outcome == "none":
                 record.outcome = "cancelled"
-            self._tell("job_ended", record)
+            self._tell("job_ended", record, last=True)
 
-    def _tell(self, hook: str, record: StreamRecord | JobRecord) -> None:
-        for observer in self.each:
+    def _tell(self, hook: str, record: StreamRecord | JobRecord, *, last: bool = False) -> None:
+        """Tell each observer; the closing hooks in reverse, so that what one
+        set up in the opening hook (a context variable) is undone in order."""
+        for observer in reversed(self.each) if last else self.each:
             try:
                 getattr(observer, hook)(record)
             except Exception:

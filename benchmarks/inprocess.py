@@ -5,11 +5,14 @@
     python benchmarks/inprocess.py --latency    # an idle stream's latency, vs the floor
     python benchmarks/inprocess.py --setup      # event-loop CPU to set up and end a stream
     python benchmarks/inprocess.py --anyio      # what anyio's primitives cost, each
+    python benchmarks/inprocess.py --observed   # metrics and traces on and off, vs the floor
 
 The second line is why the bridge batches and never waits for the loop: it is
 the ceiling of a design that crosses into the loop once per event. The third
 times the idle path (an event every 2 ms) without hypercorn's own share, which
-over a socket is larger than the difference being measured.
+over a socket is larger than the difference being measured. The last does the
+same for observers (``asgi_sse.metrics``): on this 2-core VM, C1 and B over a
+socket spread wider between rounds than the 5 % it must resolve.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from __future__ import annotations
 import argparse
 import re
 import time
+from statistics import median
 from typing import Any
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from apps import Params, asgi_sse, floor, job
+from apps import Params, asgi_sse, asgi_sse_middleware, asgi_sse_observed, floor, job
 
 from asgi_sse import EventStream, Job
 
@@ -90,6 +94,42 @@ async def latency(rounds: int) -> None:
         print(f"{name:>8} p50/p99 us per round: {'  '.join(figures)}")
 
 
+async def observed(rounds: int, n: int) -> None:
+    """Alternate the floor and the middleware with observers off and on: process
+    CPU per event for ``n`` events as fast as they come (as C1), and p50 latency
+    of 500 events 2 ms apart (as B); medians of ``rounds``, and their ratios."""
+    apps = {"floor": floor, "middleware": asgi_sse_middleware, "observed": asgi_sse_observed}
+    cpu: dict[str, list[float]] = {name: [] for name in apps}
+    p50: dict[str, list[float]] = {name: [] for name in apps}
+
+    async def receive() -> Any:
+        await anyio.sleep_forever()
+
+    for _ in range(rounds):
+        for name, app in apps.items():
+            stamps: list[int] = []
+
+            async def send(message: Any, stamps: list[int] = stamps) -> None:
+                now = time.monotonic_ns()
+                stamps.extend(now - int(t) for t in _STAMP.findall(message.get("body", b"")))
+
+            scope = {"type": "http", "query_string": b"n=%d" % n, "headers": []}
+            start = time.process_time()
+            await app(scope, receive, send)
+            cpu[name].append((time.process_time() - start) / n * 1e6)
+            stamps.clear()
+            scope = {"type": "http", "query_string": b"n=500&interval=0.002", "headers": []}
+            await app(scope, receive, send)
+            p50[name].append(sorted(stamps)[len(stamps) // 2] / 1e3)
+    for name in apps:
+        c, p = median(cpu[name]), median(p50[name])
+        print(
+            f"{name:>10}: {c:.2f} us CPU/event ({c / median(cpu['floor']):.2f}x the floor),"
+            f" p50 {p:.0f} us ({p / median(p50['floor']):.2f}x);"
+            f" CPU rounds {' '.join(f'{x:.2f}' for x in cpu[name])}"
+        )
+
+
 async def setup(streams: int) -> None:
     """CPU per stream for ``streams`` concurrent one-event streams: what a burst of
     new connections costs the event loop beyond the server's own share."""
@@ -101,12 +141,13 @@ async def setup(streams: int) -> None:
     async def send(message: Any) -> None:
         pass
 
-    for name, app in (("floor", floor), ("asgi_sse", asgi_sse)) * 2:
+    apps = ("floor", floor), ("asgi_sse", asgi_sse), ("middleware", asgi_sse_middleware)
+    for name, app in (*apps, ("observed", asgi_sse_observed)) * 2:
         cpu = time.process_time()
         async with anyio.create_task_group() as tg:
             for _ in range(streams):
                 tg.start_soon(app, scope, receive, send)
-        print(f"{name:>8}: {(time.process_time() - cpu) / streams * 1e6:.0f} us CPU per stream")
+        print(f"{name:>10}: {(time.process_time() - cpu) / streams * 1e6:.0f} us CPU per stream")
 
 
 async def primitives(n: int) -> None:
@@ -155,7 +196,11 @@ def main() -> None:
     parser.add_argument("--latency", type=int, metavar="ROUNDS", nargs="?", const=6)
     parser.add_argument("--setup", type=int, metavar="STREAMS", nargs="?", const=200)
     parser.add_argument("--anyio", action="store_true")
+    parser.add_argument("--observed", type=int, metavar="ROUNDS", nargs="?", const=7)
     args = parser.parse_args()
+    if args.observed:
+        anyio.run(observed, args.observed, min(args.events, 100_000))
+        return
     if args.anyio:
         anyio.run(primitives, 5000)
         return

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sse_spec import parse_stream
 
 from asgi_sse import EventStream, EventStreamMiddleware, Job, Reporter
-from asgi_sse._observe import outcome_of
+from asgi_sse._observe import news, outcome_of
 from asgi_sse.metrics import JobRecord, Observer, StreamRecord
 from asgi_sse.metrics.otel import OpenTelemetryTracing
 from asgi_sse.metrics.prometheus import PrometheusMetrics
@@ -58,6 +58,22 @@ from asgi_sse.testing import aconnect
 )
 def test_a_streams_outcome_is_its_last_event(frame: bytes | None, outcome: Any) -> None:
     assert outcome_of(frame) == outcome
+
+
+@pytest.mark.parametrize(
+    ("frame", "is_news"),
+    [
+        (b'event: progress\nid: 1\ndata: {"step":"a"}\n\n', True),
+        (b"event: completed\ndata: 1\n\n", True),
+        (b"data: a message of an iterable\n\n", True),
+        (b": ping\n\n", False),
+        (b"retry: 3000\n\n", False),
+        (b'event: queued\ndata: {"position":1}\n\n', False),
+        (b'event: unavailable\ndata: {"type":"BackendUnavailable"}\n\n', False),
+    ],
+)
+def test_only_the_jobs_own_word_is_a_first_event(frame: bytes, is_news: bool) -> None:
+    assert news(frame) is is_news
 
 
 # -- Prometheus, scraped from a real server --------------------------------------------
@@ -157,7 +173,6 @@ def test_prometheus_sees_every_stream_and_job_scraped_from_a_real_server() -> No
         "streams_total__failed": 1,
         "streams_total__cancelled": 0,
         "streams_total__lost": 0,
-        "streams_total__retried": 0,
         "streams_total__none": 1,  # the client that left
     }
     assert after["asgi_sse_events_sent_total"] == sum(len(parse_stream(b)) for b in bodies) == 11
@@ -171,9 +186,8 @@ def test_prometheus_sees_every_stream_and_job_scraped_from_a_real_server() -> No
 
 
 OUTCOMES = [
-    f"{family}__{outcome}"
-    for family in ("jobs_total", "streams_total")
-    for outcome in ("completed", "failed", "cancelled", "lost", "retried", "none")
+    *(f"jobs_total__{o}" for o in ("completed", "failed", "cancelled", "lost", "retried", "none")),
+    *(f"streams_total__{o}" for o in ("completed", "failed", "cancelled", "lost", "none")),
 ]
 
 
@@ -350,14 +364,18 @@ async def test_the_job_span_is_current_in_the_jobs_worker_thread(
     async def app_route(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await EventStream(Job(traced))(scope, receive, send)
 
-    observers = [OpenTelemetryTracing(tracer_provider=provider)]
+    class Probe(Observer):  # told of the job's end after the tracer (closing hooks go in reverse)
+        def job_ended(self, job: JobRecord) -> None:
+            seen.append(trace.get_current_span().get_span_context().span_id)
+
+    observers = [Probe(), OpenTelemetryTracing(tracer_provider=provider)]
     app = EventStreamMiddleware(app_route, observers=observers)
     async with aconnect(app, "/") as response:
         await response.until("completed")
     (job_span,) = named(exporter, "asgi-sse job")
     assert job_span.context is not None
-    assert seen == [job_span.context.span_id]
-    assert trace.get_current_span() is trace.INVALID_SPAN  # and reset after it
+    # Current in the thread; once it ended, what was current before is again.
+    assert seen == [job_span.context.span_id, trace.INVALID_SPAN.get_span_context().span_id]
 
 
 async def test_a_resumable_attempt_is_a_job_span_named_by_its_job(

@@ -106,7 +106,8 @@ async def test_a_request_the_server_cuts_ends_with_its_farewell_counted() -> Non
     assert (stream.outcome, stream.error) == ("cancelled", "ServerShutdown")
     assert app.stats.events_sent == 2
     assert app.stats.bytes_sent == sum(map(len, bodies))
-    assert recorder.jobs[0].outcome == "cancelled"
+    # The job was stopped: its run wrote no end of its own (the farewell is the stream's).
+    assert (recorder.jobs[0].outcome, recorder.jobs[0].error) == ("cancelled", None)
 
 
 async def test_a_stream_ended_by_shutdown_and_its_job_are_cancelled() -> None:
@@ -175,7 +176,7 @@ async def test_a_place_in_line_is_not_a_first_event() -> None:
             await second.until("completed")
             assert recorder.opened[1].first_event is not None
         await first.until("completed")
-    assert all(s.outcome == "completed" for s in recorder.closed)
+    assert [s.outcome for s in recorder.closed] == ["completed", "completed"]
 
 
 class Once:
@@ -183,7 +184,13 @@ class Once:
 
     uses: frozenset[str] = frozenset()
 
+    def __init__(self, deciding: anyio.Event | None = None, decide: anyio.Event | None = None):
+        self.deciding, self.decide = deciding, decide
+
     async def open(self, scope: Any, channel: Any, options: Any) -> OnceRun:
+        if self.deciding is not None and self.decide is not None:
+            self.deciding.set()
+            await self.decide.wait()  # a source that takes its time (a lookup, say)
         return OnceRun(channel)
 
 
@@ -233,3 +240,71 @@ async def test_a_resumable_attempt_names_its_job_and_a_retry_is_no_failure_of_it
         (job_id, None, "retried", "ValueError"),
         (job_id, None, "failed", "ValueError"),
     ]
+
+
+async def test_a_stream_refused_as_shutdown_began_while_its_source_decided_is_no_stream() -> None:
+    recorder, deciding, decide = Recorder(), anyio.Event(), anyio.Event()
+
+    async def route(scope: Any, receive: Any, send: Any) -> None:
+        await EventStream(Once(deciding, decide))(scope, receive, send)
+
+    app = EventStreamMiddleware(route, observers=[recorder])
+    async with anyio.create_task_group() as tg:
+
+        async def shut_down() -> None:
+            await deciding.wait()
+            async with anyio.create_task_group() as inner:
+                inner.start_soon(app.shutdown)
+                await anyio.wait_all_tasks_blocked()  # shutdown has begun
+                decide.set()
+
+        tg.start_soon(shut_down)
+        async with aconnect(app, "/") as response:
+            assert response.status == 503
+            await response.read()
+    assert (recorder.opened, recorder.closed, recorder.jobs) == ([], [], [])
+    assert app.stats.refused == 1
+
+
+async def test_the_body_door_counts_what_its_framework_sent_and_only_that() -> None:
+    from starlette.applications import Starlette  # noqa: PLC0415
+    from starlette.routing import Route  # noqa: PLC0415
+
+    from asgi_sse_starlette import EventStreamResponse  # noqa: PLC0415
+
+    gate, bodies, left, stall = threading.Event(), [], anyio.Event(), [True]
+
+    class Leaves(Recorder):
+        def stream_closed(self, stream: StreamRecord) -> None:
+            super().stream_closed(stream)
+            left.set()  # given up on: now the client goes
+
+    recorder = Leaves()
+
+    async def handler(request: Any) -> EventStreamResponse:
+        return EventStreamResponse(reports_then(gate), send_timeout=0.2)
+
+    async def receive() -> dict[str, Any]:
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        body = message.get("body", b"")
+        if b"event: completed" in body and stall[0]:
+            await anyio.sleep_forever()  # the framework's send to a client that stopped reading
+        bodies.append(body)
+        if b"event: progress" in body:
+            gate.set()
+
+    app = EventStreamMiddleware(Starlette(routes=[Route("/", handler)]), observers=[recorder])
+    with anyio.fail_after(BOUND):
+        await app(dict(SCOPE), receive, send)  # stalled at the end
+        stall[0], left, gate = False, anyio.Event(), threading.Event()
+        await app(dict(SCOPE), never_leaves, send)  # and not
+    stalled, finished = recorder.closed
+    assert (stalled.outcome, finished.outcome) == ("none", "completed")
+    assert stalled.last is not None
+    assert stalled.last.startswith(b"event: progress")
+    assert finished.first_event is not None
+    assert app.stats.events_sent == 1 + 2
+    assert app.stats.bytes_sent == sum(map(len, bodies))

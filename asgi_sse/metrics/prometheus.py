@@ -54,7 +54,8 @@ class PrometheusMetrics(Observer):
         namespace: str = "asgi_sse",
         buckets: Sequence[float] = BUCKETS,
     ) -> None:
-        self.prefix = f"{namespace}_" if namespace else ""  # as prometheus_client names
+        self.namespace = namespace
+        self._prefix = f"{namespace}_" if namespace else ""  # as prometheus_client names
         self._stats: Callable[[], Any] | None = None
 
         def histogram(name: str, doc: str) -> Histogram:
@@ -74,7 +75,8 @@ class PrometheusMetrics(Observer):
         self._streams = outcomes("streams", ended.format("Streams"))
         for outcome in get_args(Outcome):  # every outcome shows, at 0 until it happens
             self._jobs.labels(outcome)
-            self._streams.labels(outcome)
+            if outcome != "retried":  # (an attempt's, never a stream's)
+                self._streams.labels(outcome)
         registry.register(self)  # collects the middleware's own counts (see collect)
         self._registry = registry
 
@@ -112,4 +114,4 @@ class PrometheusMetrics(Observer):
         for name, kind, doc, field in _COUNTS:
             family = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
             value = 0 if stats is None else getattr(stats, field)
-            yield family(f"{self.prefix}{name}", doc, value=value)
+            yield family(f"{self._prefix}{name}", doc, value=value)
