@@ -144,8 +144,8 @@ class Ends(Protocol):
 
 
 class Observers:
-    """An app's observers as one: each hook tells every one of them, in order,
-    and one that raises is logged, not let through to the stream."""
+    """An app's observers as one: each hook tells every one of them (the closing
+    hooks in reverse order), and one that raises is logged, not let through."""
 
     __slots__ = ("each",)
 

@@ -196,9 +196,24 @@ def _server(
     try:
         if ready is not None:
             _wait_for_line(server, ready)
+            _wait_for_port(port, server)
         yield port, server.pid
     finally:
         _stop(server)
+
+
+def _wait_for_port(port: int, server: subprocess.Popen[bytes], within: float = 30.0) -> None:
+    """Return once ``port`` accepts a connection: a server's "ready" line may come
+    before its worker listens (granian's, seen in a smoke run refused)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+            return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server never listened on port {port}") from None
+            time.sleep(0.01)  # the pace of a bounded look at a condition
 
 
 def _wait_for_line(server: subprocess.Popen[bytes], ready: str) -> None:

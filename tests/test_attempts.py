@@ -16,7 +16,7 @@ from conftest import BOUND
 from processes import Running, worker
 from test_store import expired, read_forever, read_until, time_passes
 
-from asgi_sse.resumable._store import Backend, JobExists, JobLost
+from asgi_sse.resumable._store import Backend, EndedByCancel, JobExists, JobLost
 
 __all__ = ["anyio_backend", "backend", "case", "kind", "redis_url"]  # the fixtures, used by name
 
@@ -154,7 +154,7 @@ async def test_a_waiting_job_cancelled_ends_at_once_and_never_runs(backend: Back
     assert (info.state, info.end_id) == ("ended", 2)
     assert await read_until(backend, "j", 0, 2) == frames(1, 2)
     assert await backend.cancel("j", frames(3)[0]) == "over"
-    with pytest.raises(JobExists):
+    with pytest.raises(EndedByCancel):  # a delivery that comes late is told why it is refused
         async with backend.publishing("j", takeover=True):
             pytest.fail("a cancelled job ran")
 
@@ -199,7 +199,7 @@ async def test_a_cancel_is_for_good_even_as_the_attempt_fails_to_be_retried(
     assert info is not None
     assert (info.state, info.end_id) == ("ended", 3)
     assert await read_until(backend, "j", 0, 3) == frames(1, 2, 3)
-    with pytest.raises(JobExists):
+    with pytest.raises(EndedByCancel):
         async with backend.publishing("j", takeover=True):
             pytest.fail("a cancelled job ran again")
 
@@ -243,6 +243,9 @@ async def test_a_job_whose_publisher_died_is_cancelled_at_once(
     assert info is not None
     assert (info.state, info.end_id) == ("ended", 1)
     assert await read_until(backend, "j", 0, 1) == frames(1)
+    with pytest.raises(EndedByCancel):  # its engine's late delivery (its worker died)
+        async with backend.publishing("j", takeover=True):
+            pytest.fail("a cancelled job ran again")
 
 
 async def test_a_waiting_job_is_forgotten_after_its_keep_watched_or_not(
@@ -290,3 +293,17 @@ async def test_a_claim_repeated_after_a_lost_reply_gets_the_same_answer(backend:
     again = await backend._script("claim", "k", *args)  # type: ignore[attr-defined]
     assert first == again
     assert (first[0], first[2]) == (3, 1)  # abandoned, attempt 1: not a plain claim the second time
+
+
+async def test_a_job_that_ended_on_its_own_despite_a_cancel_is_not_called_cancelled(
+    backend: Backend,
+) -> None:
+    await backend.create("j", keep=60)
+    async with backend.publishing("j"):
+        assert await backend.cancel("j", frames(1)[0]) == "told"
+        await backend.append("j", frames(1), 1)  # it completed before it heard
+        await backend.finish("j", 1, 60)
+    with pytest.raises(JobExists) as refused:  # its own end stands: a late delivery is a duplicate
+        async with backend.publishing("j", takeover=True):
+            pytest.fail("an ended job ran again")
+    assert type(refused.value) is JobExists  # not EndedByCancel

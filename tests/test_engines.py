@@ -15,7 +15,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
@@ -29,7 +29,8 @@ from rq.job import JobStatus
 from rq.results import Result
 from sse_spec import parse_stream
 
-from asgi_sse.resumable import BackendUnavailable
+from asgi_sse.resumable import BackendUnavailable, Retention
+from asgi_sse.resumable._engine import Settings
 
 TERMINAL = ("completed", "error")
 
@@ -289,16 +290,17 @@ def test_a_retry_limit_in_retry_kwargs_is_the_one_the_log_follows(
     assert "ValueError" in error
 
 
-def forgotten(redis: Redis, job_id: str) -> None:
-    """Return once Redis has expired the job's record (a keyevent notification)."""
-    meta = f"asgi-sse:{{{job_id}}}:meta".encode()
+def forgotten(redis: Redis, job_id: str, part: str = "meta") -> None:
+    """Return once Redis has expired the job's record (or its publisher's lease,
+    ``part="alive"``): a keyevent notification."""
+    key = f"asgi-sse:{{{job_id}}}:{part}".encode()
     redis.config_set("notify-keyspace-events", "Ex")
     with redis.pubsub() as expiries:
         expiries.subscribe("__keyevent@0__:expired")  # before the first look
-        while redis.exists(meta):
+        while redis.exists(key):
             message = expiries.get_message(timeout=BOUND)
-            assert message is not None, f"job {job_id} was never forgotten"
-            if message["data"] == meta:
+            assert message is not None, f"job {job_id}'s {part} never expired"
+            if message["data"] == key:
                 return
 
 
@@ -359,6 +361,30 @@ def test_a_worker_killed_mid_job_is_lost_to_its_watchers(
     events = without_queued(watch(web, job_id, lease=0.5))
     assert [e["event"] for e in events] == ["progress", "error"]
     assert data(events[-1]) == {"type": "JobLost"}
+
+
+@pytest.mark.parametrize("engine", CELERY, indirect=True)
+def test_a_job_cancelled_while_its_worker_was_dead_is_revoked_when_delivered_late(
+    web: httpx.Client, engine: Engine, redis: Redis
+) -> None:
+    queue, job_tag = f"dies-{tag()}", tag()
+    job_id = enqueue(web, task="hangs", tag=job_tag, queue=queue, lease=0.5)
+    with engine.started(queue) as running:
+        watch(web, job_id, stop="progress", lease=0.5)
+        running.signal(signal.SIGKILL, group=True)  # the whole machine, say: Celery records nothing
+        running.process.wait(BOUND)
+    forgotten(redis, job_id, "alive")  # its publisher's lease ran out
+    assert web.post(f"/jobs/{job_id}/cancel").json() == {"cancelled": True}  # ended at once
+    # Its broker delivers it again (acks_late, past its visibility timeout), as the
+    # web side first sent it: with its log's settings.
+    settings = Settings("asgi-sse:", 0.5, 0.5, asdict(Retention()), 10.0, False).to_dict()
+    kwargs = {"_asgi_sse": {"job_id": job_id, "settings": settings}}
+    sender = Celery(broker=engine.url)
+    sender.send_task("engine_tasks.hangs", [job_tag], kwargs, task_id=job_id, queue=queue)
+    with engine.started(queue) as running:
+        running.wait_for_line(f"[{job_id}] ignored")
+        assert engine.outcome(job_id) == ("REVOKED", None)  # not left pending for good
+    assert redis.get(f"attempts:{job_tag}") == b"1"  # and it never ran again
 
 
 @pytest.mark.parametrize("engine", KILLABLE, indirect=True)

@@ -100,7 +100,7 @@ async def test_a_waiting_job_cancelled_never_runs_and_says_where_it_waited() -> 
     job_id = await jobs.create()
     await jobs.note_queued(job_id, 3)
     assert await jobs.cancel(job_id)
-    with pytest.raises(JobExists):
+    with pytest.raises(JobCancelled):  # its engine's delivery is told why it does not run
         await jobs.perform(Job(lambda on_progress: ran.append(1)), id=job_id)
     assert ran == []
     assert await log(jobs, job_id) == [

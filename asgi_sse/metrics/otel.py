@@ -4,17 +4,16 @@
 
 One span per stream, from its start (admitted, and its source said yes) to its
 real end: its last byte, or its client leaving or being dropped. Not when a
-handler returns: a framework's
-handler returns the response long before the stream ends, which is what ASGI
-instrumentation measures. The span's status is the terminal event's: OK for
-``completed``, ERROR (described by the error's type) for a failed or lost job
-(or a resumable job's attempt that failed and will be retried),
-unset for a cancelled one or a client that left first. A job's run is a child
-span, current while it runs: spans made in the job's worker thread (an
-instrumented HTTP client's, say) are its children. The stream spans are children
-of whatever span is current when the stream starts (an ASGI instrumentation's
-request span, say). An attempt at a resumable job run by this process is a job
-span of its own, named by ``asgi_sse.job.id``.
+handler returns: a framework's handler returns the response long before the
+stream ends, which is what ASGI instrumentation measures. The span's status is
+the terminal event's: OK for ``completed``; ERROR (described by the error's
+type) for a failed or lost job, or a resumable job's attempt that failed and
+will be retried; unset for a cancelled one or a client that left first. A job's
+run is a child span, current while it runs: spans made in the job's worker
+thread (an instrumented HTTP client's, say) are its children. The stream spans
+are children of whatever span is current when the stream starts (an ASGI
+instrumentation's request span, say). An attempt at a resumable job run by this
+process is a job span of its own, named by ``asgi_sse.job.id``.
 """
 
 from __future__ import annotations

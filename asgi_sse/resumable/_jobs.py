@@ -17,6 +17,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .._bridge import Channel
 from .._encoder import Encoder
+from .._exceptions import JobCancelled
 from .._hub import Hub, Ticket
 from .._jobs import Job, JobRun
 from .._run import (
@@ -29,7 +30,7 @@ from .._run import (
 from ._log import Retention, check_job_id, new_job_id
 from ._memory import MemoryBackend
 from ._publish import ABANDONED_ERROR, CANCELLED_ERROR, Attempt, Publisher
-from ._store import Backend, Cancel, JobExists, JobLost
+from ._store import Backend, Cancel, EndedByCancel, JobExists, JobLost
 from ._watch import Watch
 
 __all__ = ["Jobs"]
@@ -187,16 +188,20 @@ class Jobs:
         the last. ``retry_if(exc)``: whether the engine will run a failure
         again; the log then says ``retrying`` rather than ending. An attempt
         that does not end the job raises :class:`JobCancelled` (cancelled,
-        abandoned), :class:`JobExists` (it has ended, or another attempt has
-        it) or :class:`JobLost` (unknown, or lost)."""
-        run = await self._run(
-            job,
-            check_job_id(id),
-            keep_running,
-            self.retention,
-            takeover=redelivered,
-            retry_if=retry_if,
-        )
+        abandoned, or ended by a cancel before it came), :class:`JobExists`
+        (it has ended, or another attempt has it) or :class:`JobLost`
+        (unknown, or lost)."""
+        try:
+            run = await self._run(
+                job,
+                check_job_id(id),
+                keep_running,
+                self.retention,
+                takeover=redelivered,
+                retry_if=retry_if,
+            )
+        except EndedByCancel as exc:  # delivered late: its engine records it cancelled
+            raise JobCancelled(str(exc)) from None
         return run.outcome()
 
     async def _run(

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from anyio import Event, current_time, move_on_after
 
-from ._store import Cancel, Claim, JobExists, JobInfo, JobLost, Page, State
+from ._store import Cancel, Claim, EndedByCancel, JobExists, JobInfo, JobLost, Page, State
 
 __all__ = ["MemoryBackend"]
 
@@ -20,6 +20,7 @@ class _Log:
         "cancel",
         "cancelled",
         "changed",
+        "cut",
         "end_id",
         "events",
         "expires",
@@ -36,6 +37,7 @@ class _Log:
         self.since = now  # pending and unwatched since
         self.attempts = 0
         self.cancel = False  # asked to cancel: for good, whatever attempt comes next
+        self.cut = False  # ended by a cancel (not by an attempt's own end)
         self.cancelled = Event()  # set to cancel the running attempt
         self.events: deque[tuple[int, bytes]] = deque()
         self.last_id = 0
@@ -100,6 +102,8 @@ class MemoryBackend:
         log = self._log(job_id)
         if log.state == "lost":
             raise JobLost(f"job {job_id!r} is lost")
+        if log.state == "ended" and log.cut:
+            raise EndedByCancel(f"job {job_id!r} was cancelled")
         if log.state != "pending":
             raise JobExists(f"job {job_id!r} already has a publisher or has ended")
         abandoned = grace is not None and not log.watchers and self._clock() - log.since >= grace
@@ -122,6 +126,7 @@ class MemoryBackend:
         if log.state != "running":
             raise JobLost(f"job {job_id!r} is no longer this attempt's to publish")
         if log.cancel:
+            log.cut = True
             await self.append(job_id, (cancelled,), 1)
             await self.finish(job_id, cancelled[0], log.keep)
             return False
@@ -147,6 +152,7 @@ class MemoryBackend:
             return "told"
         if not await self.note(job_id, event):
             return "moved"
+        log.cut = True
         await self.finish(job_id, event[0], log.keep)
         return "ended"
 

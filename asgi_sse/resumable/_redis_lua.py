@@ -44,8 +44,8 @@ return 1
 # ran out; 3: claimed, but unwatched for the grace period while it waited (end
 # it, do not run it); 0: it has a publisher, alive for ms more (a takeover
 # waits that long and asks again); -1: unknown; -2: ended; -3: lost.
-# cancelled 1: claimed, but cancelled (end it too). A repeat of the same claim
-# (after a lost reply) gets the same answer.
+# cancelled 1: claimed, but cancelled (end it too); or, ended, by a cancel ('cut').
+# A repeat of the same claim (after a lost reply) gets the same answer.
 CLAIM = (
     _NOW
     + """
@@ -63,7 +63,7 @@ if state == 'running' then
     if ARGV[3] ~= '1' or alive > 0 then return {0, last, attempts, math.max(alive, 0), 0} end
     code = 2
 elseif state == 'ended' then
-    return {-2, last, attempts, 0, 0}
+    return {-2, last, attempts, 0, redis.call('HEXISTS', KEYS[1], 'cut')}
 elseif state ~= 'pending' then
     return {-3, last, attempts, 0, 0}
 elseif tonumber(ARGV[4]) >= 0 and redis.call('EXISTS', KEYS[4]) == 0
@@ -123,6 +123,7 @@ redis.call('HSET', KEYS[1], 'released', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], redis.call('HGET', KEYS[1], 'keep'))
 if redis.call('HEXISTS', KEYS[1], 'cancel') == 1 then
     local id, frame = tonumber(ARGV[2]), ARGV[3]
+    redis.call('HSET', KEYS[1], 'cut', 1)
 """
     + _END
     + """
@@ -197,6 +198,7 @@ if tonumber(redis.call('HGET', KEYS[1], 'last')) ~= tonumber(ARGV[1]) - 1 then r
 redis.call('DEL', KEYS[2])
 redis.call('HDEL', KEYS[1], 'publisher')
 redis.call('PEXPIRE', KEYS[1], redis.call('HGET', KEYS[1], 'keep'))
+redis.call('HSET', KEYS[1], 'cut', 1)
 local id, frame = tonumber(ARGV[1]), ARGV[2]
 """
     + _END

@@ -43,6 +43,7 @@ __all__ = [
     "BackendUnavailable",
     "Cancel",
     "Claim",
+    "EndedByCancel",
     "JobExists",
     "JobInfo",
     "JobLost",
@@ -58,6 +59,11 @@ Cancel = Literal["ended", "moved", "told", "over"]
 
 class JobExists(Exception):
     """A job with this id already exists (or already has a publisher)."""
+
+
+class EndedByCancel(JobExists):
+    """The job has ended, and by a cancel, not by an attempt's own end: a job
+    engine's late delivery (after its worker died) is a cancelled task."""
 
 
 class JobLost(Exception):
@@ -122,13 +128,14 @@ class Backend(Protocol):
         self, job_id: str, *, takeover: bool = False, grace: float | None = None
     ) -> AbstractAsyncContextManager[Claim]:
         """Be the job's one publisher while inside. Raises :class:`JobExists` if
-        it has ended or has a publisher, :class:`JobLost` if it is unknown or
-        lost. With ``takeover`` (a job engine delivered the job again), a
-        publisher elsewhere whose lease runs out within one lease is presumed
-        dead and shut out (it can write nothing more); one that renews it is
-        alive, and keeps the job. A pending job unwatched for ``grace``
-        seconds is claimed :attr:`Claim.abandoned`. Leaving without
-        :meth:`finish` or :meth:`release` marks the job lost."""
+        it has ended or has a publisher (:class:`EndedByCancel` if a cancel
+        ended it), :class:`JobLost` if it is unknown or lost. With
+        ``takeover`` (a job engine delivered the job again), a publisher
+        elsewhere whose lease runs out within one lease is presumed dead and
+        shut out (it can write nothing more); one that renews it is alive, and
+        keeps the job. A pending job unwatched for ``grace`` seconds is claimed
+        :attr:`Claim.abandoned`. Leaving without :meth:`finish` or
+        :meth:`release` marks the job lost."""
 
     async def release(self, job_id: str, cancelled: tuple[int, bytes]) -> bool:
         """Stop publishing without an end: the job waits for its next attempt

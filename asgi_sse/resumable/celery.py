@@ -203,8 +203,9 @@ def _perform(task: Task, app: Celery, job: Job[Any], job_id: str, settings: dict
             )
         )
     except JobCancelled:  # cancelled or abandoned: Celery's word for it is revoked
-        with suppress(Exception):  # a result backend that keeps no states
-            task.backend.mark_as_revoked(job_id, "JobCancelled", request=task.request)
+        with suppress(Exception):  # (a result backend that keeps no states)
+            if task.backend.get_state(job_id) not in states.READY_STATES:  # (a late delivery)
+                task.backend.mark_as_revoked(job_id, "JobCancelled", request=task.request)
         raise Ignore() from None
     except JobExists:  # another delivery has it, or had it to its end: its state stands
         raise Ignore() from None

@@ -7,10 +7,9 @@ Per job, under one hash tag (so Redis Cluster keeps them in one slot):
   and an end marker, so a watcher blocked in ``XREAD`` learns of the end from the stream.
 - ``{id}:meta``, a hash: state, ids, how long to keep it, and the token of the
   attempt that may write (one shut out by a later attempt cannot).
-- ``{id}:alive``, set by the publisher every ``lease / 3`` seconds with a ``lease``
-  expiry: a job whose publisher stops (its process died) is lost, and its watchers told.
-- ``{id}:watched``, likewise set by every watcher: a job whose key has been
-  missing for the grace period has nobody watching.
+- ``{id}:alive``, set by the publisher every ``lease / 3`` s, expiring after ``lease``:
+  a job whose publisher stops (its process died) is lost, and its watchers told.
+- ``{id}:watched``, likewise set by every watcher: missing for the grace period, nobody watches.
 - ``{id}:ctl``, a list the publisher blocks on: a cancel reaches it at once.
 
 Every write is one script (``_redis_lua``), safe to repeat after a lost reply. Asyncio only.
@@ -33,6 +32,7 @@ from ._store import (
     BackendUnavailable,
     Cancel,
     Claim,
+    EndedByCancel,
     JobExists,
     JobInfo,
     JobLost,
@@ -163,16 +163,16 @@ class RedisBackend:
         args = [_ms(self.lease), token, int(takeover), -1 if grace is None else _ms(grace)]
         code, last, attempt, alive, cancelled = await self._once("claim", job_id, *args)
         if code == 0 and takeover:
-            # Its publisher's lease has not run out: wait until it would have, once.
-            # One that is alive renews it meanwhile, and keeps the job (a
-            # duplicate delivery, say); a dead one lets it lapse.
+            # Its publisher's lease has not run out: wait until it would have, once. One
+            # alive renews it meanwhile and keeps the job (a duplicate delivery); a dead one not.
             await sleep(alive / 1000)  # a lease's end, not a wait for an event
             code, last, attempt, alive, cancelled = await self._once("claim", job_id, *args)
         if code in (-1, -3):
             raise JobLost(f"job {job_id!r} is {'unknown' if code == -1 else 'lost'}")
+        if code == -2 and cancelled:
+            raise EndedByCancel(f"job {job_id!r} was cancelled")
         if code in (0, -2):
-            what = "has a live publisher" if code == 0 else "has ended"
-            raise JobExists(f"job {job_id!r} {what}")
+            raise JobExists(f"job {job_id!r} {'has ended' if code else 'has a live publisher'}")
         self._tokens[job_id] = token
         try:
             async with create_task_group() as tg:
