@@ -1,7 +1,8 @@
 """What observers are told, in process, at the edges a scrape does not reach: a
-send that never completes, a server that cuts a request, a shutdown, a refusal,
-a place in line, a custom source, and an attempt that will be retried. (The
-same records, seen from a real server, are in test_metrics.)"""
+send that never completes, a server that cuts a request, a shutdown, a refusal
+(one as shutdown begins too), a place in line, a custom source, an attempt that
+will be retried, and the body door of a framework that sends the body itself.
+(The same records, seen from a real server, are in test_metrics.)"""
 
 from __future__ import annotations
 
