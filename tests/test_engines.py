@@ -23,6 +23,9 @@ import pytest
 from celery import Celery
 from processes import BOUND, Running, launch, worker
 from redis import Redis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ConstantBackoff
+from redis.retry import Retry as SyncRetry
 from redis_server import RedisServer, start_redis
 from rq.job import Job as RQJob
 from rq.job import JobStatus
@@ -503,3 +506,11 @@ async def test_rq_jobs_keep_their_logs_where_the_queue_is_even_over_a_unix_socke
     pool = tls.backend.client.connection_pool
     assert pool.connection_class.__name__ == "SSLConnection"
     assert pool.connection_kwargs["ssl_cert_reqs"] == "none"
+    # A sync client's retry policy carries over as the asyncio kind (redis-py 8.2 warns
+    # when handed the sync one, and older versions cannot await it).
+    policy = SyncRetry(ConstantBackoff(0.25), 7, (OSError,))
+    twin = RQJobs(Queue(connection=Redis(port=redis_server.port, retry=policy)))
+    retry = twin.backend.client.connection_pool.connection_kwargs["retry"]
+    assert isinstance(retry, AsyncRetry)
+    assert (retry.get_retries(), retry._supported_errors) == (7, (OSError,))
+    assert retry._backoff.compute(1) == 0.25

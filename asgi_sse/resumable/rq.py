@@ -29,6 +29,8 @@ try:
     from redis import connection as sync_connection
     from redis.asyncio import Redis
     from redis.asyncio.connection import AbstractConnection
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.retry import Retry as SyncRetry
     from rq import Queue, get_current_job
     from rq.exceptions import InvalidJobOperation, NoSuchJobError
     from rq.job import cancel_job
@@ -127,6 +129,9 @@ def _async_twin(connection: Any) -> Redis:
     given = pool.connection_kwargs
     kwargs = {name: value for name, value in given.items() if name in known}
     kwargs.pop("decode_responses", None)  # the log is bytes
+    retry = kwargs.get("retry")
+    if isinstance(retry, SyncRetry):  # the same policy, in the kind an asyncio client awaits
+        kwargs["retry"] = AsyncRetry(retry._backoff, retry._retries, retry._supported_errors)
     return Redis.from_pool(aioredis.ConnectionPool(connection_class=twin, **kwargs))  # owns it
 
 
