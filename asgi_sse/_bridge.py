@@ -27,7 +27,12 @@ import threading
 from collections.abc import Callable, Sequence
 
 from anyio import EndOfStream, Event, from_thread
-from anyio.lowlevel import RunVar, checkpoint, current_token
+from anyio.lowlevel import (
+    RunVar,
+    cancel_shielded_checkpoint,
+    checkpoint_if_cancelled,
+    current_token,
+)
 
 from ._exceptions import JobCancelled
 from ._latest import Latest
@@ -160,8 +165,9 @@ class Channel:
     async def aput_many(self, chunks: Sequence[bytes]) -> None:
         """Add chunks from the event loop as one batch, waiting while the batch is
         full (then they go in together, past the bound: a replay of a log is
-        bounded by the log). One wake-up, so they leave in one send."""
-        await checkpoint()
+        bounded by the log). One wake-up, so they leave in one send. The yield
+        comes after the chunks are in, so the receiver goes first."""
+        await checkpoint_if_cancelled()
         while True:
             with self._lock:
                 if self._stop is not None:
@@ -174,6 +180,7 @@ class Channel:
                 self._space = Event()
             await self._space.wait()
         self._wake()
+        await cancel_shielded_checkpoint()
 
     def put_nowait(self, chunk: bytes) -> None:
         """Add a chunk from the event loop past the bound (a heartbeat, a place in

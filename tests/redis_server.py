@@ -60,6 +60,11 @@ class RedisServer:
         return f"unix://{self.directory / 'redis.sock'}?db=0"
 
     @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

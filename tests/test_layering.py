@@ -126,7 +126,12 @@ def test_metrics_see_streams_only_as_observers_do(module: str) -> None:
     assert own(module) <= {"asgi_sse._observe", "asgi_sse.metrics"}
 
 
-BACKENDS = ["asgi_sse.resumable._store", "asgi_sse.resumable._memory", "asgi_sse.resumable.redis"]
+BACKENDS = [
+    "asgi_sse.resumable._store",
+    "asgi_sse.resumable._memory",
+    "asgi_sse.resumable.redis",
+    "asgi_sse.resumable._redis_wire",
+]
 
 
 @pytest.mark.parametrize("module", BACKENDS)
@@ -137,6 +142,7 @@ def test_backends_see_only_the_log_rules_and_each_other(module: str) -> None:
         "asgi_sse.resumable._log",
         "asgi_sse.resumable._redis_lua",
         "asgi_sse.resumable._redis_entries",
+        "asgi_sse.resumable._redis_wire",
     }
 
 

@@ -209,7 +209,9 @@ async def test_blocked_read_is_woken_by_an_append(backend: Backend) -> None:
         await backend.append("j", frames(1), 1)
 
         async def reader() -> None:
-            got.append(await backend.read("j", 1))  # one read: it must be the one woken
+            async with backend.watching("j"):  # as a watch reads: its connection made by
+                assert (await backend.read("j", 0)).events == frames(1)  # a first read
+                got.append(await backend.read("j", 1))  # then one read: the one woken
             done.set()
 
         with anyio.fail_after(BOUND):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any
 
 __all__ = ["Events", "pack", "unpack"]
 
@@ -27,20 +26,22 @@ def pack(events: Sequence[tuple[int, bytes]]) -> list[int | bytes]:
     return [events[0][0], struct.pack(f"<{len(frames)}I", *map(len, frames)), b"".join(frames)]
 
 
-def unpack(
-    entries: Sequence[tuple[bytes, dict[bytes, Any]]], after: int
-) -> tuple[Events, int | None]:
-    """The events after id ``after`` in stream entries read from the log, and
-    the terminal id if an end marker is among them."""
+def unpack(entries: Sequence[tuple[bytes, list[bytes]]], after: int) -> tuple[Events, int | None]:
+    """The events after id ``after`` in stream entries read from the log (as
+    RESP2 has them: an id, then fields and values in turn), and the terminal
+    id if an end marker is among them."""
+    batches = [
+        (entry_id, dict(zip(pairs[::2], pairs[1::2], strict=True))) for entry_id, pairs in entries
+    ]
     # The newest batch knows best what trimming keeps (a batch that trimming
     # cut into stays whole in the stream).
-    for _, fields in reversed(entries):
+    for _, fields in reversed(batches):
         if b"k" in fields:
             after = max(after, int(fields[b"k"]) - 1)
             break
     events: Events = []
     end_id = None
-    for entry_id, fields in entries:
+    for entry_id, fields in batches:
         number, _, sub = entry_id.partition(b"-")
         if sub == b"1":  # the end marker
             end_id = int(number)

@@ -12,7 +12,7 @@ marks event ``N`` terminal, so a watcher blocked in ``XREAD`` learns of the end
 from the stream.
 """
 
-__all__ = ["SCRIPTS"]
+__all__ = ["APPEND", "SCRIPTS"]
 
 
 # The job ends with terminal event ``id`` (``frame``): its entry, and the end marker.

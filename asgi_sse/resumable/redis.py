@@ -12,22 +12,24 @@ Per job, under one hash tag (so Redis Cluster keeps them in one slot):
 - ``{id}:watched``, likewise set by every watcher: missing for the grace period, nobody watches.
 - ``{id}:ctl``, a list the publisher blocks on: a cancel reaches it at once.
 
-Every write is one script (``_redis_lua``), safe to repeat after a lost reply. Asyncio only.
+Every write is one script (``_redis_lua``), safe to repeat after a lost reply. Appends
+and blocking reads, an event's path, go over connections of their own (``_redis_wire``);
+the rest over the client. Asyncio only.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
+from contextvars import ContextVar
 from typing import Any, TypeVar, cast
 
 from anyio import CancelScope, create_task_group, current_time, move_on_after, sleep
 
 from ._redis_entries import pack, unpack
-from ._redis_lua import SCRIPTS
+from ._redis_lua import APPEND, SCRIPTS
 from ._store import (
     BackendUnavailable,
     Cancel,
@@ -42,34 +44,20 @@ from ._store import (
 )
 
 try:
-    from redis import exceptions as redis_errors
     from redis.asyncio import Redis
+
+    from ._redis_wire import PASSING, Line, check_client
 except ImportError:  # pragma: no cover (the message is the point)
     _NEEDS = "asgi_sse.resumable.redis needs redis-py: pip install 'asgi-sse[redis]'"
     raise ImportError(_NEEDS) from None
 
 __all__ = ["RedisBackend"]
 
-_PASSING = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.ReadOnlyError,
-    redis_errors.OutOfMemoryError,
-    OSError,
-)
-
 logger = logging.getLogger("asgi_sse")
 T = TypeVar("T")
 
-
-def _default_timeout(client: Redis) -> float | None:
-    """A client that sets none (``from_url``) has its connections' (5 s in redis-py 8)."""
-    for kind in client.connection_pool.connection_class.__mro__:
-        init = vars(kind).get("__init__", object.__init__)
-        found = inspect.signature(init).parameters.get("socket_timeout")
-        if found is not None:
-            return found.default if isinstance(found.default, (int, float)) else None
-    return None
+#: The line a watcher reads on, inside :meth:`RedisBackend.watching`.
+_reading: ContextVar[Line | None] = ContextVar("asgi_sse_redis_reading", default=None)
 
 
 def _ms(seconds: float) -> int:
@@ -99,20 +87,14 @@ class RedisBackend:
     ) -> None:
         if not lease > 0 or not block > 0:
             raise ValueError("lease and block must be positive numbers of seconds")
-        settings = client.connection_pool.connection_kwargs
-        if settings.get("decode_responses"):
-            raise ValueError("RedisBackend stores bytes: give it a client without decode_responses")
-        timeout = settings.get("socket_timeout", _default_timeout(client))
-        if timeout is not None and not timeout > block:
-            raise ValueError(
-                f"the client's socket_timeout ({timeout}s) must exceed block ({block}s)"
-            )
+        check_client(client, block)
         self.client = client
         self.prefix = prefix
         self.lease = lease
         self.block = block
         self.page = page
         self._tokens: dict[str, str] = {}  # job id: the token of the attempt publishing it here
+        self._lines: dict[str, Line] = {}  # job id: the line its attempt here appends on
         self._fenced: set[str] = set()  # tokens a later attempt (or a watcher) has shut out
         self._scripts = {name: client.register_script(code) for name, code in SCRIPTS.items()}
 
@@ -120,12 +102,11 @@ class RedisBackend:
         return f"{self.prefix}{{{job_id}}}:{part}"
 
     async def _call(self, call: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Redis's passing troubles as the backend-neutral :class:`BackendUnavailable`:
-        no connection (``LOADING`` after a restart included), a replica that is
-        read-only after a failover, a server out of memory until keys expire."""
+        """Redis's passing troubles (:data:`._redis_wire.PASSING`) as the
+        backend-neutral :class:`BackendUnavailable`."""
         try:
             return await call(*args, **kwargs)
-        except _PASSING as exc:
+        except PASSING as exc:
             raise BackendUnavailable(f"redis: {exc}") from exc
 
     async def _script(self, name: str, job_id: str, *args: Any) -> Any:
@@ -174,6 +155,7 @@ class RedisBackend:
         if code in (0, -2):
             raise JobExists(f"job {job_id!r} {'has ended' if code else 'has a live publisher'}")
         self._tokens[job_id] = token
+        self._lines[job_id] = Line(self.client.connection_pool)
         try:
             async with create_task_group() as tg:
                 tg.start_soon(self._renew_lease, job_id, token)
@@ -187,6 +169,7 @@ class RedisBackend:
             self._fenced.discard(token)
             # Also when cancelled: the job is not running any more, say so now.
             with CancelScope(shield=True), move_on_after(self.lease):
+                await self._lines.pop(job_id).aclose()
                 try:
                     await self._script("lose", job_id, token)
                 except BackendUnavailable:
@@ -228,7 +211,8 @@ class RedisBackend:
         args: list[int | bytes | str] = [self._token(job_id), first]
         if events:
             args += pack(events)
-        if await self._script("append", job_id, *args) == -1:
+        line = self._lines[job_id]  # an event's path: a line of its own, not the client
+        if await line.script(APPEND, self._keys(job_id), args, within=self.lease) == -1:
             raise JobLost(f"job {job_id!r} is no longer this attempt's to publish")
 
     async def finish(self, job_id: str, end_id: int, keep: float) -> None:
@@ -250,11 +234,21 @@ class RedisBackend:
         return JobInfo(status, int(last), None if end is None else int(end))
 
     async def read(self, job_id: str, after: int) -> Page:
+        line = _reading.get()
+        if line is None:  # not watching: a line for this one read
+            line = Line(self.client.connection_pool)
+            try:
+                return await self._read(line, job_id, after)
+            finally:
+                with CancelScope(shield=True):
+                    await line.aclose()
+        return await self._read(line, job_id, after)
+
+    async def _read(self, line: Line, job_id: str, after: int) -> Page:
+        command = ("XREAD", "COUNT", self.page, "BLOCK", _ms(self.block), "STREAMS")
         log = self._key(job_id, "log")
-        reply: Any = await self._call(
-            self.client.xread, {log: f"{after}-0"}, count=self.page, block=_ms(self.block)
-        )
-        if reply:
+        reply = await line.call(*command, log, f"{after}-0", within=self.block + self.lease)
+        if reply:  # [[log, entries]]
             return Page(*unpack(reply[0][1], after))
         # Nothing for a while: is anyone still publishing?
         info = await self.info(job_id)
@@ -270,6 +264,8 @@ class RedisBackend:
 
     @asynccontextmanager
     async def watching(self, job_id: str) -> AsyncIterator[None]:
+        line = Line(self.client.connection_pool)
+        reading = _reading.set(line)  # its reads go over this line, blocked or not
         try:
             with suppress(BackendUnavailable):  # counted from now on (else from the next round)
                 await self._script("watch", job_id, _ms(self.lease))
@@ -280,8 +276,11 @@ class RedisBackend:
                 finally:
                     tg.cancel_scope.cancel()
         finally:  # a job still in its engine's queue counts as unwatched from now
-            with CancelScope(shield=True), move_on_after(self.lease), suppress(BackendUnavailable):
-                await self._script("unwatch", job_id)
+            _reading.reset(reading)
+            with CancelScope(shield=True), move_on_after(self.lease):
+                await line.aclose()
+                with suppress(BackendUnavailable):
+                    await self._script("unwatch", job_id)
 
     async def _renew_watch(self, job_id: str) -> None:
         while True:
