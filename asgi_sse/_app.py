@@ -81,8 +81,9 @@ def progress_app(
     arguments, many = _arguments_type(func)
     if inspect.iscoroutinefunction(func):
         raise TypeError(f"{func.__qualname__} is async: progress_app runs blocking functions")
-    # Check the options once, too; HEAD gets these headers and no job.
-    stream_headers = EventStream([], **stream_options).headers
+    # Check the options once, too, for a job (as every request streams one);
+    # HEAD gets these headers and no job.
+    stream_headers = EventStream(Job(_nothing), **stream_options).headers
     json_decoder = msgspec.json.Decoder(arguments)
 
     def from_query(query: bytes) -> msgspec.Struct:
@@ -170,3 +171,7 @@ async def _read_json_body(scope: Scope, receive: Receive) -> bytes | Refusal | N
             )
         if not message.get("more_body", False):
             return bytes(body)
+
+
+def _nothing(on_progress: object) -> None:
+    """A job to check ``progress_app``'s stream options against."""

@@ -126,22 +126,31 @@ class Channel:
         Raises :class:`JobCancelled` once nobody is listening any more.
         """
         with self._lock:
-            latest = self._latest
-            if key is not None and latest is not None:
+            if key is not None and self._latest is not None:
                 if self._stop is not None:
                     raise JobCancelled(self._stop)
-                if self._size >= self._max:
-                    self._size -= latest.supersede(self._batch, key)
-                latest.places[key] = len(self._batch)
-            elif self._stop is not None or self._size >= self._max:
-                self._wait_for_room()
-            self._batch.append(chunk)
-            self._size += len(chunk)
+                self._add_keyed(chunk, key)
+            else:
+                if self._stop is not None or self._size >= self._max:
+                    self._wait_for_room()
+                self._batch.append(chunk)
+                self._size += len(chunk)
             parked = self._parked
             if parked is None:
                 return
             self._parked = None
         self._call_soon(parked.set)
+
+    def _add_keyed(self, chunk: bytes, key: str | None) -> None:
+        """Under the lock: add; a keyed chunk on a coalescing channel supersedes
+        its key's unsent one while the batch is full."""
+        latest = self._latest
+        if key is not None and latest is not None:
+            if self._size >= self._max:
+                self._size -= latest.supersede(self._batch, key)
+            latest.places[key] = len(self._batch)
+        self._batch.append(chunk)
+        self._size += len(chunk)
 
     def _wait_for_room(self) -> None:
         """Under the lock: wait while the batch is full; raise once stopped."""
@@ -162,19 +171,26 @@ class Channel:
         """Add a chunk from a task in the event loop, waiting while the batch is full."""
         await self.aput_many((chunk,))
 
-    async def aput_many(self, chunks: Sequence[bytes]) -> None:
+    async def aput_many(
+        self, chunks: Sequence[bytes], keys: Sequence[str | None] | None = None
+    ) -> None:
         """Add chunks from the event loop as one batch, waiting while the batch is
         full (then they go in together, past the bound: a replay of a log is
         bounded by the log). One wake-up, so they leave in one send. The yield
-        comes after the chunks are in, so the receiver goes first."""
+        comes after the chunks are in, so the receiver goes first.
+
+        On a coalescing channel, ``keys`` (one per chunk, None for a chunk that
+        must arrive) supersede as :meth:`put`'s do: chunks that all have keys
+        never wait, and the batch holds one per key past the bound."""
         await checkpoint_if_cancelled()
+        keys = keys if self._latest is not None else None
         while True:
             with self._lock:
                 if self._stop is not None:
                     raise JobCancelled(self._stop)
-                if self._size < self._max:
-                    self._batch += chunks
-                    self._size += sum(map(len, chunks))
+                if self._size < self._max or (keys is not None and None not in keys):
+                    for chunk, key in zip(chunks, keys or [None] * len(chunks), strict=True):
+                        self._add_keyed(chunk, key)
                     break
             if self._space is None:
                 self._space = Event()

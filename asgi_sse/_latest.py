@@ -8,7 +8,34 @@ a long stall holds one place per key, not one per superseded chunk.
 
 from __future__ import annotations
 
-__all__ = ["Latest"]
+from typing import Any
+
+import msgspec
+
+__all__ = ["Latest", "progress_step"]
+
+_PROGRESS = b"event: progress\n"
+
+
+class _Step(msgspec.Struct):
+    step: Any = None
+
+
+_step_of = msgspec.json.Decoder(_Step).decode
+
+
+def progress_step(frame: bytes) -> str | None:
+    """The key of an encoded ``progress`` event, its step; None for any other
+    frame. A watch's events come from a log already encoded, so their steps are
+    read back from their data (the only ``data:`` line: JSON has no newline)."""
+    if not frame.startswith(_PROGRESS):
+        return None
+    start = frame.find(b"\ndata: ") + 7
+    try:
+        step = _step_of(frame[start : frame.index(b"\n", start)]).step
+    except (ValueError, msgspec.DecodeError):  # not asgi-sse's own progress event
+        return None
+    return step if isinstance(step, str) else None  # (a step the API types str, or kept)
 
 
 class Latest:

@@ -7,16 +7,21 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
+import httpx
 import pytest
 from conftest import BOUND, serve
 from sse_spec import parse_stream
 
-from asgi_sse import EventStream, Job, Reporter
+from asgi_sse import EventStream, Job, Reporter, progress_app
 from asgi_sse._bridge import Channel
-from asgi_sse._latest import Latest
-from asgi_sse.resumable import Jobs
+from asgi_sse._latest import Latest, progress_step
+from asgi_sse._run import default_encoder
+from asgi_sse.resumable import Jobs, Retention
+from asgi_sse.testing import connect
 
 STEPS = ("load", "parse", "render")
 REPORTS = 50_000
@@ -80,12 +85,16 @@ def count_steps(finished: threading.Event, on_progress: Reporter) -> str:
     return "done"
 
 
-def stalled_client(url: str) -> socket.socket:
-    """A client that sends its request and does not read: its buffers fill."""
+def stalled_client(url: str, path: str = "/") -> socket.socket:
+    """A client that sends its request and does not read: its buffers fill (a
+    small receive window, set before connecting, as the kernel sizes it then)."""
     parts = urlsplit(url)
-    client = socket.create_connection((parts.hostname, parts.port), timeout=BOUND)
+    client = socket.socket()
+    client.settimeout(BOUND)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    client.sendall(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")  # close-delimited: no chunking
+    client.connect((parts.hostname, parts.port))
+    request = f"GET {path} HTTP/1.0\r\nHost: test\r\n\r\n"  # close-delimited: no chunking
+    client.sendall(request.encode())
     return client
 
 
@@ -127,8 +136,100 @@ def test_a_stalled_client_does_not_slow_the_job_and_gets_every_steps_last_value(
     assert len(progress) < REPORTS  # the stalled client was sent less than everything
 
 
-def test_sources_that_report_no_steps_refuse_it() -> None:
+def test_an_iterable_which_reports_no_steps_refuses_it() -> None:
     with pytest.raises(TypeError, match="does not use coalesce"):
         EventStream(iter(["a", "b"]), coalesce=True)
-    with pytest.raises(TypeError, match="does not use coalesce"):
-        EventStream(Jobs().watch("some-job"), coalesce=True)
+
+
+def test_progress_app_coalesces_its_jobs() -> None:
+    app = progress_app(count_steps_of, coalesce=True, heartbeat=None)
+    with connect(app, "/?n=5") as response:
+        events = response.until("completed")
+    assert [e.event for e in events] == ["progress"] * 5 + ["completed"]
+
+
+def count_steps_of(n: int, on_progress: Reporter) -> int:
+    for i in range(n):
+        on_progress(STEPS[i % 3], {"n": i})
+    return n
+
+
+# -- a resumable job's watchers: the log keeps every event ------------------------------------
+
+
+def test_progress_step_reads_the_key_back_from_an_encoded_event() -> None:
+    encoder = default_encoder
+    assert progress_step(encoder.message("progress", 7, {"step": "load", "details": {}})) == "load"
+    assert progress_step(encoder.message("completed", 8, {"step": "load"})) is None
+    assert progress_step(encoder.message("progress", 9, {"step": 3, "details": {}})) is None
+    assert progress_step(b"event: progress\ndata: not json\n\n") is None
+
+
+@pytest.mark.anyio
+async def test_a_coalescing_page_holds_one_chunk_per_step_and_waits_only_for_the_rest() -> None:
+    channel = Channel(100, coalesce=True)
+    page = [b"%s:%05d|" % (STEPS[n % 3].encode(), n) for n in range(3000)]
+    with anyio.fail_after(BOUND):  # all keyed: in at once, though nobody receives
+        await channel.aput_many(page, [STEPS[n % 3] for n in range(3000)])
+    batch = await channel.receive()
+    assert sum(map(len, batch)) <= 100 + 3 * len(page[-1])
+    assert batch[-3:] == page[-3:]
+    await channel.aput_many(page[:20], [STEPS[n % 3] for n in range(20)])  # fills it
+    with anyio.move_on_after(0.1) as waited:  # a chunk that must arrive waits for room
+        await channel.aput_many([b"gap|", page[20]], [None, STEPS[20 % 3]])
+    assert waited.cancelled_caught
+
+
+async def watch_app(scope: Any, receive: Any, send: Any) -> None:
+    """GET /create makes job "j", GET /start starts it (``count_steps``), GET
+    /watch?coalesce=1 streams it."""
+    jobs: Jobs = watch_app.jobs  # type: ignore[attr-defined]
+    if scope["type"] == "lifespan":
+        await receive()
+        async with jobs:
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+    elif scope["path"] in ("/create", "/start"):
+        if scope["path"] == "/create":
+            await jobs.create("j")
+        else:
+            await jobs.start(Job(count_steps, watch_app.finished), id="j")  # type: ignore[attr-defined]
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+    else:
+        coalesce = scope["query_string"] == b"coalesce=1"
+        options = {"max_buffer_bytes": 4096, "heartbeat": None, "send_timeout": None}
+        await EventStream(jobs.watch("j"), coalesce=coalesce, **options)(scope, receive, send)
+
+
+def test_a_stalled_watcher_of_a_resumable_job_is_sent_each_steps_latest_and_resumes_after_it() -> (
+    None
+):
+    everything = Retention(max_events=REPORTS + 1, max_bytes=1 << 30)
+    watch_app.jobs, watch_app.finished = Jobs(retention=everything), threading.Event()  # type: ignore[attr-defined]
+    with serve(watch_app, wrap=False) as server, httpx.Client(base_url=server.url) as http:
+        assert http.get("/create").status_code == 201  # watchable before it starts
+        with (
+            stalled_client(server.url, "/watch?coalesce=1") as coalescing,
+            stalled_client(server.url, "/watch") as every,
+        ):
+            assert http.get("/start").status_code == 201
+            assert watch_app.finished.wait(BOUND)  # type: ignore[attr-defined]
+            sent, all_sent = parse_stream(read_to_end(coalescing)), read_to_end(every)
+        # Its Last-Event-ID means "up to here": a reconnect with it has nothing more.
+        last = sent[-1]["id"]
+        assert http.get("/watch", headers={"last-event-id": last}).status_code == 204
+    # The log kept every event: the other watcher, who coalesces nothing, got them all.
+    assert [int(e["id"]) for e in parse_stream(all_sent)] == list(range(1, REPORTS + 2))
+    *progress, end = sent
+    assert (end["event"], end["data"], end["id"]) == ("completed", '"done"', str(REPORTS + 1))
+    ids = [int(e["id"]) for e in sent]
+    assert ids == sorted(set(ids))  # increasing, gaps where events were superseded
+    assert len(progress) < REPORTS
+    for event in progress:  # each is the job's own report for its id
+        data = json.loads(event["data"])
+        assert data["details"]["n"] == int(event["id"]) - 1
+        assert data["step"] == STEPS[data["details"]["n"] % 3]
+    latest = {json.loads(e["data"])["step"]: int(e["id"]) - 1 for e in progress}
+    assert latest == {STEPS[n % 3]: n for n in range(REPORTS - 3, REPORTS)}

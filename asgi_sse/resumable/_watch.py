@@ -21,6 +21,7 @@ from .._bridge import Channel
 from .._encoder import Encoder
 from .._exceptions import JobCancelled
 from .._http import Refusal, error_response
+from .._latest import progress_step
 from .._run import RunOptions
 from ._log import BadEventId, check_job_id, parse_event_id
 from ._store import Backend, BackendUnavailable, JobInfo, JobLost, Page, retrying
@@ -46,7 +47,9 @@ class Watch:
 
     #: A watch runs no code of its own: no thread (limiter), no error of its job to turn
     #: into data (on_error); those are the :class:`Jobs` options where the job runs.
-    uses: ClassVar[frozenset[str]] = frozenset()
+    #: ``coalesce`` is its own: the log keeps every event, and only what this client
+    #: has not been sent yet gives way to a newer report of the same step.
+    uses: ClassVar[frozenset[str]] = frozenset({"coalesce"})
 
     def __post_init__(self) -> None:
         if self.retry is not None and (
@@ -80,7 +83,7 @@ class Watch:
             return error_response(400, "BadLastEventId", detail=detail)
         if end_id is not None and after >= end_id:
             return Refusal(204, [("cache-control", "no-store")], b"")
-        return _Follow(self, after, channel, options.encoder)
+        return _Follow(self, after, channel, options.encoder, coalesce=options.coalesce)
 
     async def _info(self) -> JobInfo | Refusal:
         """The job's state, or 404 (unknown) or 503 (the backend cannot be reached)."""
@@ -94,15 +97,18 @@ class Watch:
 class _Follow:
     """The run of a watch, inside the response: the log after ``after``."""
 
-    __slots__ = ("after", "channel", "encoder", "watch")
+    __slots__ = ("after", "channel", "coalesce", "encoder", "watch")
 
     takes_slot = False  # it reads a log: no thread, so no slot to wait for
 
-    def __init__(self, watch: Watch, after: int, channel: Channel, encoder: Encoder) -> None:
+    def __init__(
+        self, watch: Watch, after: int, channel: Channel, encoder: Encoder, *, coalesce: bool
+    ) -> None:
         self.watch = watch
         self.after = after
         self.channel = channel
         self.encoder = encoder
+        self.coalesce = coalesce
 
     def queued(self, position: int) -> None:
         """Never in line (:attr:`takes_slot`)."""
@@ -153,7 +159,11 @@ class _Follow:
                         "next_id": events[0][0],
                     }
                     frames.insert(0, encoder.message("gap", None, gap))
-                await channel.aput_many(frames)  # one batch: a page leaves in one send
+                # One batch: a page leaves in one send. Coalescing, a client that is
+                # behind gets each step's latest report, and the cursor still moves
+                # past the rest: its Last-Event-ID means "up to here, each step's latest".
+                keys = [progress_step(frame) for frame in frames] if self.coalesce else None
+                await channel.aput_many(frames, keys)
                 self.after = events[-1][0]
             if page.end_id is not None and self.after >= page.end_id:
                 return "end"
