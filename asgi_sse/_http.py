@@ -81,8 +81,11 @@ class Refusal:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers]
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        await send({"type": "http.response.body", "body": self.body})
+        try:
+            await send({"type": "http.response.start", "status": self.status, "headers": headers})
+            await send({"type": "http.response.body", "body": self.body})
+        except OSError:  # ASGI: a server may raise it for a client gone; nobody to answer
+            return
 
     async def as_event(self) -> AsyncIterator[bytes]:
         """The refusal as a body's one ``error`` event, once a 200 has gone out."""

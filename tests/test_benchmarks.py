@@ -287,3 +287,18 @@ def test_the_coalesce_benchmark_frees_the_stalled_clients_job_and_loses_no_step(
         assert run["rss_peak_mib"] >= run["rss_before_mib"] > 10  # read from /proc
     assert "| stalled client's job ended | JobCancelled | completed | |" in done.stdout
     assert "command: python benchmarks/coalesce.py --smoke" in done.stdout
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workload", ["burst", "paced", "streams"])
+def test_the_instruction_count_harness_runs_each_workload_observed_and_not(workload: str) -> None:
+    """Its children, without valgrind: each runs its workload through the app,
+    and an observed one checks that its observers counted every stream."""
+    for observed in ("0", "1"):
+        subprocess.run(
+            [sys.executable, "benchmarks/instructions.py", "--child", workload, observed, "3"],
+            cwd=ROOT,
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )

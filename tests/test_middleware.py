@@ -21,6 +21,8 @@ from asgi_sse import (
     Stats,
     default_limiter,
 )
+from asgi_sse._http import error_response
+from asgi_sse.testing import aconnect
 
 
 class Gate:
@@ -97,6 +99,22 @@ async def test_over_the_cap_a_stream_is_refused_with_503_before_it_starts() -> N
 
 
 @pytest.mark.anyio
+async def test_a_refusal_whose_client_has_left_ends_quietly() -> None:
+    sent: list[str] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message["type"])
+        if message["type"] == "http.response.body":
+            raise OSError("the client is gone")  # as an ASGI 2.4 server says so
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    await error_response(503, "ServerBusy")({"type": "http"}, receive, send)  # no exception
+    assert sent == ["http.response.start", "http.response.body"]
+
+
+@pytest.mark.anyio
 async def test_a_queue_admits_streams_and_tells_them_their_place() -> None:
     gate = Gate()
 
@@ -104,37 +122,23 @@ async def test_a_queue_admits_streams_and_tells_them_their_place() -> None:
         return gate.job(on_progress, name) if name == "a" else name
 
     app = EventStreamMiddleware(route(job), max_streams=1, queue=2)
-    a_started, on_a = saw(b"started")
-    b_queued, on_b = saw(b"event: queued")
-    c_queued, on_c = saw(b"event: queued")
-
-    def call(name: str) -> Any:
-        async def named(scope: Any, receive: Any, send: Any) -> None:
-            await app({**scope, "query_string": name.encode()}, receive, send)
-
-        return named
-
-    async with calling(call("a"), on_send=on_a) as (a, _):
-        await a_started.wait()
-        async with calling(call("b"), on_send=on_b) as (b, _):
-            await b_queued.wait()  # b is first in line before c comes
-            async with calling(call("c"), on_send=on_c) as (c, _):
-                await c_queued.wait()
-                full = await call_app(call("d"))
-                assert full.start["status"] == 503
+    async with aconnect(app, "/?a") as a:  # (the query names the job)
+        assert (await a.next()).event == "progress"
+        async with aconnect(app, "/?b") as b:
+            assert (await b.next()).data == '{"position":1}'  # first in line before c comes
+            async with aconnect(app, "/?c") as c:
+                assert (await c.next()).data == '{"position":2}'
+                async with aconnect(app, "/?d") as full:
+                    assert full.status == 503
                 stats = app.stats
                 assert (stats.open_streams, stats.queued_jobs, stats.running_jobs) == (3, 2, 1)
                 gate.open.set()
-    assert [(e["event"], e["data"]) for e in parse(b.body)] == [
-        ("queued", '{"position":1}'),
-        ("completed", '"b"'),
-    ]
-    assert [(e["event"], e["data"]) for e in parse(c.body)][:2] == [
-        ("queued", '{"position":2}'),
-        ("queued", '{"position":1}'),
-    ]
-    assert parse(c.body)[-1]["data"] == '"c"'
-    assert parse(a.body)[-1]["data"] == '"a"'
+                assert [(e.event, e.data) for e in await c.until("completed")] == [
+                    ("queued", '{"position":1}'),
+                    ("completed", '"c"'),
+                ]
+            assert [(e.event, e.data) for e in await b.until("completed")] == [("completed", '"b"')]
+        assert (await a.until("completed"))[-1].data == '"a"'
     assert app.stats.refused == 1
     assert (app.stats.queued_jobs, app.stats.running_jobs, app.stats.open_streams) == (0, 0, 0)
 
@@ -143,18 +147,14 @@ async def test_a_queue_admits_streams_and_tells_them_their_place() -> None:
 async def test_a_queued_stream_whose_client_leaves_gives_up_its_place() -> None:
     gate = Gate()
     app = EventStreamMiddleware(route(gate.job), max_streams=1, queue=1)
-    started, on_first = saw(b"started")
-    queued, on_second = saw(b"event: queued")
-    async with calling(app, on_send=on_first) as (first, _):
-        await started.wait()
-        async with calling(app, on_send=on_second) as (second, leave):
-            await queued.wait()
-            leave.set()
-        assert app.stats.queued_jobs == 0
+    async with aconnect(app) as first:
+        assert (await first.next()).event == "progress"  # it runs: the one slot is taken
+        async with aconnect(app) as second:
+            assert (await second.next()).event == "queued"
+        assert app.stats.queued_jobs == 0  # it left: its place is given up
         assert app.stats.disconnects == 1
         gate.open.set()
-    assert parse(first.body)[-1]["event"] == "completed"
-    assert [e["event"] for e in parse(second.body)] == ["queued"]
+        assert (await first.next()).event == "completed"
 
 
 @pytest.mark.anyio

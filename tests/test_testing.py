@@ -92,11 +92,15 @@ def test_the_sync_client_needs_no_plugin_and_runs_on_either_backend() -> None:
         assert job.outcome == "cancelled"
 
 
-@pytest.mark.parametrize("way", list(WAYS))
-def test_every_adapter_streams_through_it_as_over_a_socket(way: str) -> None:
+@pytest.mark.parametrize(
+    ("way", "backend"),
+    # (Quart runs on asyncio only: quart-trio is another package.)
+    [(w, b) for w in WAYS for b in ("asyncio", "trio") if (w, b) != ("Quart adapter", "trio")],
+)
+def test_every_adapter_streams_through_it_as_over_a_socket(way: str, backend: str) -> None:
     setup = WAYS[way](False)
     app = setup.app
-    with connect(app, f"/{setup.path}") as stream:
+    with connect(app, f"/{setup.path}", backend=backend) as stream:
         received = stream.until("completed")
     expected = parse_stream(GOLDEN["completed"])
     assert [(e.event, e.data, e.id) for e in received] == [
@@ -123,6 +127,28 @@ async def test_sse_starlettes_endless_stream_is_read_and_left_too() -> None:
     async with aconnect(Starlette(routes=[Route("/", endpoint)]), "/") as stream:
         assert [(e.event, e.data) for e in await stream.events(2)] == [("tick", "1"), ("tick", "2")]
     assert stopped.is_set()
+
+
+async def test_litestars_own_endless_server_sent_events_are_read_and_left_too() -> None:
+    stopped = anyio.Event()
+
+    async def ticks() -> AsyncIterator[str]:
+        try:
+            n = 0
+            while True:
+                n += 1
+                yield str(n)
+                await anyio.sleep(0.001)  # the generator's own pace
+        finally:
+            stopped.set()
+
+    @get("/")
+    async def endpoint() -> ServerSentEvent:
+        return ServerSentEvent(ticks())
+
+    async with aconnect(Litestar([endpoint]), "/") as stream:
+        assert [e.data for e in await stream.events(2)] == ["1", "2"]
+    assert stopped.is_set()  # leaving disconnected, and Litestar stopped the generator
 
 
 async def test_litestars_own_server_sent_events_are_read_as_well() -> None:

@@ -62,11 +62,12 @@ class OpenTelemetryTracing(Observer):
     def job_started(self, job: JobRecord) -> None:
         parent = None if job.stream is None else job.stream.marks.get(self)
         parent_context = None if parent is None else trace.set_span_in_context(parent)
-        span = self._tracer.start_span("asgi-sse job", context=parent_context)
+        attributes: dict[str, Any] = {}  # given at the start: one call, not one each
         if job.job_id is not None:
-            span.set_attribute("asgi_sse.job.id", job.job_id)
+            attributes["asgi_sse.job.id"] = job.job_id
         if job.queued is not None:
-            span.set_attribute("asgi_sse.queue_wait_s", job.started - job.queued)
+            attributes["asgi_sse.queue_wait_s"] = job.started - job.queued
+        span = self._tracer.start_span("asgi-sse job", parent_context, attributes=attributes)
         # Current in the job's task, so in its worker thread (anyio copies the
         # context there); reset in job_ended, which runs in the same task.
         job.marks[self] = span, context.attach(trace.set_span_in_context(span))
@@ -80,9 +81,10 @@ class OpenTelemetryTracing(Observer):
 
 
 def _end(span: Span, outcome: str | None, error: str | None) -> None:
-    span.set_attribute("asgi_sse.outcome", outcome or "none")
+    attributes = {"asgi_sse.outcome": outcome or "none"}
     if error is not None:
-        span.set_attribute("error.type", error)
+        attributes["error.type"] = error
+    span.set_attributes(attributes)
     code = _STATUS.get(outcome or "")
     if code is not None:
         span.set_status(Status(code, error if code is StatusCode.ERROR else None))
