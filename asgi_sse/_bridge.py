@@ -129,7 +129,7 @@ class Channel:
             if key is not None and self._latest is not None:
                 if self._stop is not None:
                     raise JobCancelled(self._stop)
-                self._add_keyed(chunk, key)
+                self._add(chunk, key)
             else:
                 if self._stop is not None or self._size >= self._max:
                     self._wait_for_room()
@@ -141,9 +141,8 @@ class Channel:
             self._parked = None
         self._call_soon(parked.set)
 
-    def _add_keyed(self, chunk: bytes, key: str | None) -> None:
-        """Under the lock: add; a keyed chunk on a coalescing channel supersedes
-        its key's unsent one while the batch is full."""
+    def _add(self, chunk: bytes, key: str | None) -> None:
+        """Under the lock: add, superseding the key's unsent chunk if full (coalescing)."""
         latest = self._latest
         if key is not None and latest is not None:
             if self._size >= self._max:
@@ -174,23 +173,21 @@ class Channel:
     async def aput_many(
         self, chunks: Sequence[bytes], keys: Sequence[str | None] | None = None
     ) -> None:
-        """Add chunks from the event loop as one batch, waiting while the batch is
-        full (then they go in together, past the bound: a replay of a log is
-        bounded by the log). One wake-up, so they leave in one send. The yield
-        comes after the chunks are in, so the receiver goes first.
-
-        On a coalescing channel, ``keys`` (one per chunk, None for a chunk that
-        must arrive) supersede as :meth:`put`'s do: chunks that all have keys
-        never wait, and the batch holds one per key past the bound."""
+        """Add chunks from the event loop as one batch (one wake-up: one send),
+        waiting while the batch is full, then past the bound (a log's replay is
+        bounded by the log); it yields after, so the receiver goes first. Coalescing,
+        ``keys`` (None: must arrive) supersede as :meth:`put`'s: all keyed, no wait."""
+        if keys is not None and len(keys) != len(chunks):
+            raise ValueError(f"{len(keys)} keys for {len(chunks)} chunks")
         await checkpoint_if_cancelled()
-        keys = keys if self._latest is not None else None
+        keyed = keys if self._latest is not None else None
         while True:
             with self._lock:
                 if self._stop is not None:
                     raise JobCancelled(self._stop)
-                if self._size < self._max or (keys is not None and None not in keys):
-                    for chunk, key in zip(chunks, keys or [None] * len(chunks), strict=True):
-                        self._add_keyed(chunk, key)
+                if self._size < self._max or (keyed is not None and None not in keyed):
+                    for chunk, key in zip(chunks, keyed or [None] * len(chunks), strict=True):
+                        self._add(chunk, key)
                     break
             if self._space is None:
                 self._space = Event()
@@ -204,8 +201,7 @@ class Channel:
         with self._lock:
             if self._closed:
                 return
-            self._batch.append(chunk)
-            self._size += len(chunk)
+            self._add(chunk, None)
         self._wake()
 
     def close(self, last: bytes | None = None) -> None:
@@ -221,11 +217,10 @@ class Channel:
         self._wake()
 
     def end(self, last: Callable[[], bytes | None], *, early: bool = True) -> None:
-        """From the loop: stop the producers now, but deliver what they have put
-        so far and then ``last()``: a stream ended early (shutdown), or, with
-        ``early=False``, a job's own end. ``last`` is called once no producer
-        can add a chunk (one waiting for room is woken and refused first), so
-        the last event cannot be overtaken, nor its id taken, by one of theirs."""
+        """From the loop: stop the producers now, deliver what they put, then
+        ``last()``: a stream ended early (shutdown), or (``early=False``) a job's
+        own end. ``last`` is called once no producer can add a chunk (one waiting
+        for room is refused first): no chunk of theirs overtakes it or takes its id."""
         if self._halt("the event stream was ended early" if early else _ENDED):
             self.close(last())
 
@@ -278,11 +273,8 @@ class Channel:
     # -- consumer side (event loop) -------------------------------------------
 
     async def receive(self) -> list[bytes]:
-        """Wait for, and take, every chunk ready so far.
-
-        Raises :class:`anyio.EndOfStream` once the channel is closed and drained,
-        or cancelled.
-        """
+        """Wait for, and take, every chunk ready so far; :class:`anyio.EndOfStream`
+        once the channel is closed and drained, or cancelled."""
         while True:
             with self._lock:
                 if self._batch:  # (what _take does, inline: this is the hot path)

@@ -15,7 +15,8 @@ at once. Three workloads, each the share of a socket scenario that asgi-sse runs
 
 Each runs in a process of its own under ``valgrind --tool=callgrind``, with N
 and 2N units; the difference over N is one unit's instructions, start-up
-cancelled out. ``PYTHONHASHSEED`` is fixed, so a count repeats.
+cancelled out. ``PYTHONHASHSEED`` is fixed, so a count repeats, but for ``burst``:
+its batch sizes, so its sends, follow the thread's and the loop's timing.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -138,7 +138,7 @@ def main() -> None:
     off, on = (found["streams"][i] + 100 * found["paced"][i] for i in (0, 1))
     row = f"| B: 100 paced events | stream | {off:,.0f} | {on:,.0f} | {on / off:.3f}x |"
     print(row)
-    print(f"command: python {Path(__file__).relative_to(Path.cwd())} {' '.join(sys.argv[1:])}")
+    print(" ".join(["command: python benchmarks/instructions.py", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

@@ -180,6 +180,16 @@ async def test_a_coalescing_page_holds_one_chunk_per_step_and_waits_only_for_the
     assert waited.cancelled_caught
 
 
+@pytest.mark.anyio
+async def test_a_page_with_a_key_missing_is_refused_before_any_of_it_goes_in() -> None:
+    channel = Channel(100, coalesce=True)
+    with pytest.raises(ValueError, match="1 keys for 2 chunks"):
+        await channel.aput_many([b"a", b"b"], ["load"])
+    channel.close()
+    with pytest.raises(anyio.EndOfStream):  # nothing half-put: the channel ends empty
+        await channel.receive()
+
+
 async def watch_app(scope: Any, receive: Any, send: Any) -> None:
     """GET /create makes job "j", GET /start starts it (``count_steps``), GET
     /watch?coalesce=1 streams it."""

@@ -178,8 +178,8 @@ class Line:
         """A command's reply within ``within`` seconds. Passing troubles raise
         :class:`BackendUnavailable`; a line that timed out or broke is closed,
         and opened again on its next call."""
+        wire = self._wire
         try:
-            wire = self._wire
             if wire is None or wire.closed:
                 wire = await self._open(within)
             return await wire.call(command, within)
@@ -188,13 +188,15 @@ class Line:
                 raise BackendUnavailable(f"redis: {exc}") from exc
             raise
         except PASSING as exc:
-            await self.aclose()
+            if wire is not None and wire is self._wire:  # not one another call opened since
+                await self.aclose()
             raise BackendUnavailable(f"redis: {exc or 'no answer in time'}") from exc
 
     async def _open(self, within: float) -> Wire:
         with fail_after(within):
             async with self._opening:  # one at a time: a second caller takes the first's
                 if self._wire is None or self._wire.closed:
+                    await self.aclose()  # a broken one: redis-py must forget its stream too
                     self._wire = await Wire.open(self._pool, within)
                 return self._wire
 

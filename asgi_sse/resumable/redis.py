@@ -56,8 +56,8 @@ __all__ = ["RedisBackend"]
 logger = logging.getLogger("asgi_sse")
 T = TypeVar("T")
 
-#: The line a watcher reads on, inside :meth:`RedisBackend.watching`.
-_reading: ContextVar[Line | None] = ContextVar("asgi_sse_redis_reading", default=None)
+#: The line a watcher reads on, inside :meth:`RedisBackend.watching`, and whose backend it is.
+_reading: ContextVar[tuple[RedisBackend, Line] | None] = ContextVar("asgi_sse_redis_reading")
 
 
 def _ms(seconds: float) -> int:
@@ -234,8 +234,9 @@ class RedisBackend:
         return JobInfo(status, int(last), None if end is None else int(end))
 
     async def read(self, job_id: str, after: int) -> Page:
-        line = _reading.get()
-        if line is None:  # not watching: a line for this one read
+        reading = _reading.get(None)
+        line = reading[1] if reading is not None and reading[0] is self else None
+        if line is None:  # not watching (here): a line for this one read
             line = Line(self.client.connection_pool)
             try:
                 return await self._read(line, job_id, after)
@@ -265,7 +266,7 @@ class RedisBackend:
     @asynccontextmanager
     async def watching(self, job_id: str) -> AsyncIterator[None]:
         line = Line(self.client.connection_pool)
-        reading = _reading.set(line)  # its reads go over this line, blocked or not
+        reading = _reading.set((self, line))  # its reads go over this line, blocked or not
         try:
             with suppress(BackendUnavailable):  # counted from now on (else from the next round)
                 await self._script("watch", job_id, _ms(self.lease))

@@ -16,6 +16,7 @@ An RQ job's id is the asgi-sse job's, so RQ's own tools (``rq info``,
 
 from __future__ import annotations
 
+import copy
 import inspect
 import pickle
 from collections.abc import Callable
@@ -131,7 +132,9 @@ def _async_twin(connection: Any) -> Redis:
     kwargs.pop("decode_responses", None)  # the log is bytes
     retry = kwargs.get("retry")
     if isinstance(retry, SyncRetry):  # the same policy, in the kind an asyncio client awaits
-        kwargs["retry"] = AsyncRetry(retry._backoff, retry._retries, retry._supported_errors)
+        backoff = copy.copy(retry._backoff)  # its own: a backoff may keep state
+        errors, check = retry._supported_errors, getattr(retry, "_is_retryable", None)
+        kwargs["retry"] = AsyncRetry(backoff, retry._retries, errors, *([check] if check else []))
     return Redis.from_pool(aioredis.ConnectionPool(connection_class=twin, **kwargs))  # owns it
 
 
