@@ -16,7 +16,7 @@ import pytest
 from conftest import BOUND, serve
 from sse_spec import parse_stream
 
-from asgi_sse import EventStream, Job, Reporter, progress_app
+from asgi_sse import EventStream, EventStreamMiddleware, Job, Reporter, progress_app
 from asgi_sse._bridge import Channel
 from asgi_sse._latest import Latest, progress_step
 from asgi_sse._run import default_encoder
@@ -134,6 +134,55 @@ def test_a_stalled_client_does_not_slow_the_job_and_gets_every_steps_last_value(
         latest[data["step"]] = data["details"]["n"]
     assert latest == {STEPS[n % 3]: n for n in range(REPORTS - 3, REPORTS)}
     assert len(progress) < REPORTS  # the stalled client was sent less than everything
+
+
+def test_a_slow_reader_in_line_gets_its_place_then_each_steps_latest_and_the_end() -> None:
+    """Under the middleware, a client that waits for a slot and then reads slowly (a
+    few KiB at a time): the non-progress events (its place in line, the end) all
+    arrive, and each progress event it gets is the job's own report for that id."""
+    gate, finished = threading.Event(), threading.Event()
+
+    def holds_the_slot(on_progress: Reporter) -> None:
+        on_progress("holding", {})
+        if not gate.wait(BOUND):
+            raise TimeoutError("the test never opened the gate")
+
+    async def routes(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/hold":
+            await EventStream(Job(holds_the_slot), heartbeat=None)(scope, receive, send)
+        else:
+            options = {"max_buffer_bytes": 4096, "heartbeat": None, "send_timeout": None}
+            job = Job(count_steps, finished)
+            await EventStream(job, coalesce=True, **options)(scope, receive, send)
+
+    app = EventStreamMiddleware(routes, max_streams=1, queue=1)
+    with (
+        serve(app) as server,
+        httpx.Client(base_url=server.url, timeout=BOUND) as http,
+        http.stream("GET", "/hold") as holder,
+    ):
+        next(holder.iter_raw())  # it holds the one slot
+        with stalled_client(server.url, "/count") as client:
+            received = b""
+            while b"event: queued" not in received:  # its place in line, before its job runs
+                received += client.recv(4096)
+            gate.set()
+            while chunk := client.recv(4096):  # a small window, a little at a time
+                received += chunk
+    events = parse_stream(received.split(b"\r\n\r\n", 1)[1])
+    assert finished.is_set()
+    assert (events[0]["event"], events[0]["data"]) == ("queued", '{"position":1}')
+    *progress, end = events[1:]
+    assert (end["event"], end["data"]) == ("completed", '"done"')
+    assert {e["event"] for e in progress} == {"progress"}
+    for event in progress:  # each is the job's own report for its id
+        data = json.loads(event["data"])
+        assert (data["step"], data["details"]["n"]) == (
+            STEPS[(int(event["id"]) - 1) % 3],
+            int(event["id"]) - 1,
+        )
+    latest = {json.loads(e["data"])["step"]: int(e["id"]) - 1 for e in progress}
+    assert latest == {STEPS[n % 3]: n for n in range(REPORTS - 3, REPORTS)}
 
 
 def test_an_iterable_which_reports_no_steps_refuses_it() -> None:
