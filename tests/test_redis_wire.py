@@ -37,6 +37,15 @@ async def client(redis_server: RedisServer, request: pytest.FixtureRequest) -> A
     await client.aclose()
 
 
+@pytest.fixture
+async def line(client: Redis) -> AsyncIterator[Line]:
+    """An open line: its first command has been answered."""
+    line = Line(client.connection_pool)
+    assert await line.call("PING", within=5) == b"PONG"
+    yield line
+    await line.aclose()
+
+
 @pytest.mark.parametrize("client", [("tcp", 3), ("tcp", 2), ("unix", 3)], indirect=True, ids=str)
 async def test_a_job_is_published_and_read_over_lines_set_up_as_the_client_says(
     client: Redis,
@@ -66,20 +75,16 @@ async def test_a_script_the_server_lost_is_sent_again(
         assert (await backend.read("j", 0)).events == frames(1, 2)
 
 
-async def test_an_error_reply_is_raised_and_the_line_goes_on(client: Redis) -> None:
-    line = Line(client.connection_pool)
+async def test_an_error_reply_is_raised_and_the_line_goes_on(line: Line) -> None:
     with pytest.raises(ResponseError, match="unknown command"):
         await line.call("NO-SUCH-COMMAND", within=1)
     assert await line.call("PING", within=1) == b"PONG"
-    await line.aclose()
 
 
 async def test_a_caller_that_leaves_does_not_take_the_next_callers_reply(
-    client: Redis, redis_server: RedisServer
+    line: Line, redis_server: RedisServer
 ) -> None:
-    line = Line(client.connection_pool)
-    assert await line.call("PING", within=5) == b"PONG"  # open: the BLPOP is written at once
-    with anyio.move_on_after(0.05) as scope:  # leaves while Redis blocks it
+    with anyio.move_on_after(0.05) as scope:  # open, so written at once; left while it blocks
         await line.call("BLPOP", "a-list", 30, within=60)
     assert scope.cancelled_caught
     with SyncRedis.from_url(redis_server.url) as other:
@@ -87,14 +92,11 @@ async def test_a_caller_that_leaves_does_not_take_the_next_callers_reply(
         # Its reply comes first, and is dropped: PING gets its own.
         assert await line.call("PING", within=5) == b"PONG"
         assert other.llen("a-list") == 0  # so it was the BLPOP's reply that went first
-    await line.aclose()
 
 
 async def test_a_server_that_stops_answering_is_unavailable_until_it_answers_again(
-    client: Redis, redis_server: RedisServer
+    line: Line, redis_server: RedisServer
 ) -> None:
-    line = Line(client.connection_pool)
-    assert await line.call("PING", within=1) == b"PONG"
     os.kill(redis_server.pid, signal.SIGSTOP)
     try:
         with pytest.raises(BackendUnavailable, match=r"did not answer within 0\.2s"):
@@ -102,27 +104,21 @@ async def test_a_server_that_stops_answering_is_unavailable_until_it_answers_aga
     finally:
         os.kill(redis_server.pid, signal.SIGCONT)
     assert await line.call("PING", within=5) == b"PONG"  # over a new connection
-    await line.aclose()
 
 
 async def test_a_closed_server_is_unavailable_and_the_line_reopens_once_it_is_back(
-    client: Redis, redis_server: RedisServer
+    line: Line, redis_server: RedisServer
 ) -> None:
-    line = Line(client.connection_pool)
-    assert await line.call("PING", within=1) == b"PONG"
     redis_server.stop()
     with pytest.raises(BackendUnavailable):
         await line.call("PING", within=1)
     redis_server.start()
     assert await line.call("PING", within=5) == b"PONG"
-    await line.aclose()
 
 
 async def test_a_connection_the_server_closed_between_calls_is_replaced_and_forgotten(
-    client: Redis, redis_server: RedisServer
+    line: Line, redis_server: RedisServer
 ) -> None:
-    line = Line(client.connection_pool)
-    assert await line.call("PING", within=5) == b"PONG"
     with SyncRedis.from_url(redis_server.url) as admin:
         assert admin.client_kill_filter(_type="normal", skipme=True) >= 1  # an idle timeout's end
     with anyio.fail_after(5):
