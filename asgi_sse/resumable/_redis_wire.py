@@ -7,8 +7,9 @@ StreamReader), which was most of what the log added to an event's latency
 (docs/benchmarks.md). Connecting stays redis-py's: a connection that the
 client's own pool makes, set up its way (address, TLS, AUTH, database), is
 handed to this protocol after its handshake and switched to RESP2, in which
-the server sends nothing it was not asked for, so replies pair with commands
-in order. Asyncio only, as redis-py's asyncio client is.
+a server sends replies only (pushes need RESP3), so replies pair with commands
+in order; one that nobody asked for ends the connection. Asyncio only, as
+redis-py's asyncio client is.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class Wire(asyncio.Protocol):
     async def open(cls, pool: ConnectionPool, within: float) -> Wire:
         connection = pool.make_connection()  # type: ignore[no-untyped-call]
         await connection.connect()
-        # redis-py keeps its stream as this private attribute (4.2 to 8.x); its
+        # redis-py keeps its stream as this private attribute (5.x to 8.x; tested: 8.2); its
         # transport is all that is taken, once redis-py's handshake is done.
         stream = connection._writer
         assert stream is not None
