@@ -26,13 +26,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
-from anyio import EndOfStream, Event, from_thread
-from anyio.lowlevel import (
-    RunVar,
-    cancel_shielded_checkpoint,
-    checkpoint_if_cancelled,
-    current_token,
-)
+from anyio import EndOfStream, Event, from_thread, lowlevel
+from anyio.lowlevel import RunVar, current_token
 
 from ._exceptions import JobCancelled
 from ._latest import Latest
@@ -179,21 +174,26 @@ class Channel:
         ``keys`` (None: must arrive) supersede as :meth:`put`'s: all keyed, no wait."""
         if keys is not None and len(keys) != len(chunks):
             raise ValueError(f"{len(keys)} keys for {len(chunks)} chunks")
-        await checkpoint_if_cancelled()
+        await lowlevel.checkpoint_if_cancelled()
         keyed = keys if self._latest is not None else None
         while True:
             with self._lock:
                 if self._stop is not None:
                     raise JobCancelled(self._stop)
-                if self._size < self._max or (keyed is not None and None not in keyed):
-                    for chunk, key in zip(chunks, keyed or [None] * len(chunks), strict=True):
+                if keyed is None:
+                    if self._size < self._max:  # (a replay's pages: no call per chunk)
+                        self._batch += chunks
+                        self._size += sum(map(len, chunks))
+                        break
+                elif self._size < self._max or None not in keyed:
+                    for chunk, key in zip(chunks, keyed, strict=True):
                         self._add(chunk, key)
                     break
             if self._space is None:
                 self._space = Event()
             await self._space.wait()
         self._wake()
-        await cancel_shielded_checkpoint()
+        await lowlevel.cancel_shielded_checkpoint()
 
     def put_nowait(self, chunk: bytes) -> None:
         """Add a chunk from the event loop past the bound (a heartbeat, a place in

@@ -35,7 +35,7 @@ def progress_step(frame: bytes) -> str | None:
         step = _step_of(frame[start : frame.index(b"\n", start)]).step
     except (ValueError, msgspec.DecodeError):  # not asgi-sse's own progress event
         return None
-    return step if isinstance(step, str) else None  # (a step the API types str, or kept)
+    return step if isinstance(step, str) else None  # not a str (as typed): kept, not keyed
 
 
 class Latest:
