@@ -3,6 +3,7 @@ under a middleware that allows one running stream and one waiting, reporting
 to Prometheus metrics served at ``/metrics`` (prometheus_client's own ASGI app).
 
     GET  /jobs/ok | /jobs/fails | /jobs/gate    an event stream
+    GET  /jobs/floods                           endless, for a client that stops reading
     POST /gate                                  opens the gate
 """
 
@@ -41,7 +42,12 @@ def gate(on_progress: Reporter) -> str:
     return "through"
 
 
-JOBS = {"ok": ok, "fails": fails, "gate": gate}
+def floods(on_progress: Reporter) -> None:
+    while True:  # until its client stops reading and the send times out: JobCancelled
+        on_progress("step", {"pad": "x" * 1000})
+
+
+JOBS = {"ok": ok, "fails": fails, "gate": gate, "floods": floods}
 
 
 async def routes(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -52,6 +58,9 @@ async def routes(scope: dict[str, Any], receive: Any, send: Any) -> None:
         GATE.set()
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
+    elif path == "/jobs/floods":  # a client that stops reading is given up on quickly
+        stream = EventStream(Job(floods), send_timeout=0.2, max_buffer_bytes=4096)
+        await stream(scope, receive, send)
     else:
         await EventStream(Job(JOBS[path.rsplit("/", 1)[-1]]))(scope, receive, send)
 
