@@ -68,6 +68,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/resumable.py
 	$(BIN)/python benchmarks/engines.py
 	$(BIN)/python benchmarks/coalesce.py
+	$(BIN)/python benchmarks/instructions.py
 
 # Resumable jobs alone: plain stream vs Jobs in memory vs Jobs on a redis-server it starts.
 bench-resumable: $(STAMP)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -121,6 +122,8 @@ def main() -> None:
         workload, observed, units = args.child
         anyio.run(child, workload, observed == "1", int(units))
         return
+    if shutil.which("valgrind") is None:
+        parser.error("counting instructions needs valgrind (Debian's package valgrind)")
     sizes = SMOKE if args.smoke else WORKLOADS
     found: dict[str, tuple[float, float]] = {}
     print("| workload | unit | observers off | observers on | on / off |")
