@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import pytest
@@ -260,3 +261,21 @@ class Endless:
             self.flag_when_cancelled = on_progress.cancelled
         finally:
             self.stopped.set()
+
+
+@contextmanager
+def stalled_client(url: str, path: str = "/stalled") -> Iterator[socket.socket]:
+    """A raw socket with a small receive buffer that sends a request, reads the
+    status line and then never reads again; closed at the end."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(BOUND)
+    port = urlsplit(url).port
+    assert port is not None
+    sock.connect(("127.0.0.1", port))
+    try:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        assert sock.recv(16).startswith(b"HTTP/1.1 200")
+        yield sock
+    finally:
+        sock.close()

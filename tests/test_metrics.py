@@ -6,17 +6,15 @@ event; an observer that fails never breaks a stream)."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import BOUND
+from conftest import BOUND, stalled_client
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -130,19 +128,6 @@ class Read:
 
 
 @contextmanager
-def stalled(url: str, path: str) -> Iterator[socket.socket]:
-    """A client that sends its request and reads nothing, with a small window."""
-    parts = urlsplit(url)
-    client = socket.socket()
-    client.settimeout(BOUND)
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    client.connect((parts.hostname, parts.port))
-    with client:
-        client.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
-        yield client
-
-
-@contextmanager
 def opened(client: httpx.Client, path: str) -> Iterator[Read]:
     with client.stream("GET", path) as response:
         assert response.status_code == 200
@@ -177,7 +162,7 @@ def test_prometheus_sees_every_stream_and_job_scraped_from_a_real_server() -> No
                 assert second.rest()[-1]["event"] == "completed"
                 bodies.append(second.body)
         after = scraped_until(client, jobs_total__cancelled=1, streams_open=0)
-        with stalled(server.url, "/jobs/floods"):  # reads nothing: a send times out
+        with stalled_client(server.url, "/jobs/floods"):  # reads nothing: a send times out
             timed_out = scraped_until(client, send_timeouts_total=1, streams_open=0)
     # The client that read nothing: a send timeout, its job cancelled, its stream ended
     # without a terminal event; not a disconnect.

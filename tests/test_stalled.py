@@ -14,14 +14,13 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-from conftest import BOUND, calling, parse, serve
+from conftest import BOUND, calling, parse, serve, stalled_client
 from httpx_sse import connect_sse
 from quart import Quart, Response
 
@@ -55,24 +54,6 @@ def three(on_progress: Reporter) -> str:
     for i in range(3):
         on_progress("step", {"i": i})
     return "done"
-
-
-@contextmanager
-def stalled_client(url: str, path: str = "/stalled") -> Iterator[socket.socket]:
-    """A raw socket with a small receive buffer that sends a request, reads the
-    status line and then never reads again; closed at the end."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(BOUND)
-    port = httpx.URL(url).port
-    assert port is not None
-    sock.connect(("127.0.0.1", port))
-    try:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
-        assert sock.recv(16).startswith(b"HTTP/1.1 200")
-        yield sock
-    finally:
-        sock.close()
 
 
 def served_in_full(url: str) -> list[str]:
