@@ -243,14 +243,14 @@ return 1
 """
 )
 
-#: Every script, by the name :class:`RedisBackend` runs it by.
+#: Every script the backend runs through the client, by name (``APPEND``, on an
+#: event's path, runs on a connection of its own: ``_redis_wire``).
 SCRIPTS = {
     "create": CREATE,
     "claim": CLAIM,
     "renew": RENEW,
     "lose": LOSE,
     "release": RELEASE,
-    "append": APPEND,
     "finish": FINISH,
     "cancel": CANCEL,
     "note": NOTE,
