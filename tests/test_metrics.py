@@ -163,7 +163,14 @@ def test_prometheus_sees_every_stream_and_job_scraped_from_a_real_server() -> No
                 bodies.append(second.body)
         after = scraped_until(client, jobs_total__cancelled=1, streams_open=0)
         with stalled_client(server.url, "/jobs/floods"):  # reads nothing: a send times out
-            timed_out = scraped_until(client, send_timeouts_total=1, streams_open=0)
+            # The stream can end before its job's thread has seen the cancel: wait for both.
+            timed_out = scraped_until(
+                client,
+                send_timeouts_total=1,
+                streams_open=0,
+                jobs_running=0,
+                jobs_total__cancelled=2,
+            )
     # The client that read nothing: a send timeout, its job cancelled, its stream ended
     # without a terminal event; not a disconnect.
     counted = (*OUTCOMES, "send_timeouts_total", "disconnects_total", "refused_total")
