@@ -134,11 +134,12 @@ async def test_litestars_own_endless_server_sent_events_are_read_and_left_too() 
 
     async def ticks() -> AsyncIterator[str]:
         try:
-            n = 0
-            while True:
-                n += 1
-                yield str(n)
-                await anyio.sleep(0.001)  # the generator's own pace
+            yield "1"
+            yield "2"
+            # Then nothing, for ever. (Not more ticks: Litestar does not close its
+            # iterator, so this finally runs at once only if the cancel lands in here,
+            # not in a send.)
+            await anyio.sleep_forever()
         finally:
             stopped.set()
 
@@ -200,6 +201,52 @@ async def test_an_app_that_raises_raises_in_the_test_as_it_is() -> None:
 
     with pytest.raises(KeyError, match="no such route"):
         async with aconnect(broken, "/"):
+            pass
+
+
+@pytest.mark.parametrize("passed_on", ["as it is", "wrapped", "in a group"])
+async def test_an_app_that_fails_only_because_the_test_left_does_not_fail_the_test(
+    passed_on: str,
+) -> None:
+    raised: list[OSError] = []
+
+    async def sends_once_more(send: Any) -> None:
+        try:
+            await send({"type": "http.response.body", "body": b"data: 2\n\n", "more_body": True})
+        except OSError as exc:
+            raised.append(exc)
+            if passed_on == "wrapped":
+                raise RuntimeError("the stream broke") from exc
+            raise
+
+    async def late(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if passed_on == "in a group":
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sends_once_more, send)
+        else:
+            await sends_once_more(send)
+
+    async with aconnect(late, "/") as stream:
+        assert (await stream.next()).data == "1"
+    assert [str(exc) for exc in raised] == ["the test client has disconnected"]
+
+
+async def test_an_app_whose_answer_to_the_test_leaving_fails_fails_the_test() -> None:
+    async def clumsy(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        try:
+            await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        except OSError:
+            raise KeyError("a bug in its clean-up")  # noqa: B904 (the point: not caused by it)
+
+    with pytest.raises(KeyError, match="a bug in its clean-up"):
+        async with aconnect(clumsy, "/"):
             pass
 
 

@@ -151,6 +151,24 @@ def request_scope(method: str, url: str, headers: Iterable[tuple[str, str]]) -> 
     }
 
 
+class _Left(OSError):
+    """What a send raises once the test has left, as ASGI 2.4 servers raise theirs."""
+
+
+def _because_it_left(exc: BaseException) -> bool:
+    """Did the app fail only because the test left? It may pass the send's error
+    on as it is, wrapped (``raise ... from``), or in an exception group. That is
+    the app's answer to a departed client (what a server logs), not the test's
+    failure: an endless stream may be mid-send when the test stops reading."""
+    group = getattr(exc, "exceptions", None)  # an exception group's (3.10: the backport's)
+    if isinstance(group, tuple):
+        return all(_because_it_left(inner) for inner in group)
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, _Left):
+        cause = cause.__cause__
+    return cause is not None
+
+
 class _Call:
     """One call of the app: the client's side of ``receive`` and ``send``."""
 
@@ -166,7 +184,8 @@ class _Call:
             with self.sender:
                 await app(scope, self.receive, self.send)
         except Exception as exc:  # raised to the test as it is, once the client has left
-            self.failed.append(exc)
+            if not _because_it_left(exc):
+                self.failed.append(exc)
         finally:
             self.started.set()  # an app that returned without a response: the test hears of it
             self.done.set()
@@ -187,7 +206,7 @@ class _Call:
             if body:
                 await checkpoint()  # a send is a turn for the test, as a server's is
             if self.left.is_set():  # (looked at after it: no turn between this and the put)
-                raise OSError("the test client has disconnected")  # as ASGI 2.4 servers do
+                raise _Left("the test client has disconnected")
             if body:
                 self.sender.send_nowait(body)  # unbounded: never waits
             if not message.get("more_body", False):
