@@ -218,6 +218,8 @@ def _resume_on_b(a: Process, b: Process, job_id: str) -> None:
     assert ids(first) == list(range(1, K + 1))
     with watching(b, job_id, last_id=K) as events:
         rest = read_until_end(events)
+        # Then the stream closes, once the job's end is recorded (not only its last event).
+        assert next(events, None) is None
     assert ids(rest) == list(range(K + 1, STEPS + 2))  # each once, in order, then the end
     assert [e["event"] for e in rest] == ["progress"] * (STEPS - K) + ["completed"]
     assert [json.loads(e["data"])["details"]["i"] for e in rest[:-1]] == list(

@@ -204,20 +204,24 @@ async def test_read_of_an_unknown_job_is_lost(backend: Backend) -> None:
 async def test_blocked_read_is_woken_by_an_append(backend: Backend) -> None:
     await backend.create("j", keep=60)
     got: list[Any] = []
-    done = anyio.Event()
+    first, done = anyio.Event(), anyio.Event()
     async with backend.publishing("j"):
         await backend.append("j", frames(1), 1)
 
         async def reader() -> None:
             async with backend.watching("j"):  # as a watch reads: its connection made by
                 assert (await backend.read("j", 0)).events == frames(1)  # a first read
+                first.set()
                 got.append(await backend.read("j", 1))  # then one read: the one woken
             done.set()
 
         with anyio.fail_after(BOUND):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(reader)
-                await anyio.wait_all_tasks_blocked()  # the reader is waiting in read()
+                await first.wait()
+                # The reader is waiting in read() (on Redis: its XREAD written, on its
+                # connection opened by the first read, before it waits).
+                await anyio.wait_all_tasks_blocked()
                 assert not done.is_set()
                 await backend.append("j", frames(2), 1)
                 await done.wait()
