@@ -148,8 +148,8 @@ def worker(
     venv), run and stopped as :func:`launch` runs a server. ``last_step``: the log
     line of its last step before it exits, in which a known upstream race can hang
     it; hung there, it is killed rather than failed (its work was done)."""
-    argv = (str(BIN / argv[0]), *argv[1:])
-    with _supervised(name, list(argv), env, [], 0, last_step=last_step) as running:
+    command = [str(BIN / argv[0]), *argv[1:]]
+    with _supervised(name, command, env, [], 0, last_step=last_step) as running:
         yield running
 
 
@@ -189,6 +189,7 @@ def _supervised(
 def stopped_at_exit(
     process: subprocess.Popen[bytes],
     stderr: Path | None = None,
+    *,
     in_last_step: Callable[[], bool] | None = None,
 ) -> Iterator[None]:
     """SIGTERM a server's process group at the end, kill it if it hangs (failing,
