@@ -128,7 +128,7 @@ class Channel:
             else:
                 if self._stop is not None or self._size >= self._max:
                     self._wait_for_room()
-                self._batch.append(chunk)
+                self._batch.append(chunk)  # (what _add does, inline: this is the hot path)
                 self._size += len(chunk)
             parked = self._parked
             if parked is None:
